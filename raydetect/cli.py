@@ -1,0 +1,67 @@
+"""The `raydetect` command: one subcommand per stage. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from raydetect.config import Settings, load_settings
+
+app = typer.Typer(
+    name="raydetect",
+    help="Tell AI-generated images from real photographs at scale, on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file over the embedded defaults.", exists=True)
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
+]
+
+
+def settings_from(config: Path | None, overrides: list[str] | None, **flags: object) -> Settings:
+    """Defaults < YAML file < --set overrides < explicit flags (dotted names; None means 'not given')."""
+    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return load_settings(config, [*(overrides or []), *extra])
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of raydetect and its engines, and whether CUDA is available."""
+    from importlib.metadata import version as dist_version
+
+    import torch
+
+    import raydetect
+
+    rows = {
+        "raydetect": raydetect.__version__,
+        "ray": dist_version("ray"),
+        "torch": torch.__version__,
+        "torchvision": dist_version("torchvision"),
+        "diffusers": dist_version("diffusers"),
+        "cuda available": str(torch.cuda.is_available()),
+    }
+    for name, value in rows.items():
+        typer.echo(f"{name:<15}{value}")
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Print the effective configuration as YAML."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(settings_from(config, overrides).model_dump(), sort_keys=False))
+
+
+# --- stages -------------------------------------------------------------------------------------------
+# Each stage lives in its own module and registers here (one line each).
+
+
+if __name__ == "__main__":
+    app()

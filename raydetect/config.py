@@ -1,0 +1,135 @@
+"""Typed settings: the embedded defaults, a user YAML file, then dotted overrides, in that order."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULTS_RESOURCE = "defaults.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageSettings(_Section):
+    endpoint_url: str | None = None
+    region: str | None = None
+    anonymous: bool = False
+
+
+class ImageSettings(_Section):
+    size: int = Field(224, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0)
+    max_bytes: int = Field(25 * 1024 * 1024, gt=0)
+    allowed_formats: list[str] = ["JPEG", "PNG", "WEBP"]
+
+
+class BenchmarkSettings(_Section):
+    n_pairs: int = Field(1200, gt=0)
+    generators: list[str] = ["esrgan", "esrgan-anime", "waifu2x", "ddpm"]
+    size: int = 224
+    processing_share: float = Field(0.3, ge=0, le=1)
+    test_share: float = Field(0.2, ge=0, lt=1)
+
+
+class TrainSettings(_Section):
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    workers: int = Field(1, gt=0)
+    cv: int = Field(1, gt=0)
+    fold: int = Field(0, ge=0)
+    patience: int = Field(3, gt=0)
+    freeze_stem_epochs: int = Field(0, ge=0)
+    augment_strength: float = Field(1.0, ge=0)
+
+
+class ScoreSettings(_Section):
+    batch_size: int = Field(32, gt=0)
+    min_actors: int = Field(1, gt=0)
+    max_actors: int = Field(2, gt=0)
+    actor_num_cpus: float = Field(0.5, gt=0)
+
+
+class TrackingSettings(_Section):
+    mlflow_uri: str | None = None
+    experiment: str = "raydetect"
+
+
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 25 * 1024 * 1024
+    max_batch_images: int = 16
+
+
+class Settings(_Section):
+    workdir: str = ".raydetect"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    storage: StorageSettings = StorageSettings()
+    images: ImageSettings = ImageSettings()
+    benchmark: BenchmarkSettings = BenchmarkSettings()
+    train: TrainSettings = TrainSettings()
+    score: ScoreSettings = ScoreSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    serve: ServeSettings = ServeSettings()
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).expanduser().resolve()
+
+    def mlflow_uri(self) -> str:
+        """The tracking URI: config, then $MLFLOW_TRACKING_URI, then a SQLite file in the workdir."""
+        uri = self.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        return uri or f"sqlite:///{self.workdir_path / 'mlflow.db'}"
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`train.epochs=5` -> {"train": {"epochs": 5}}; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw else ""
+    for part in reversed(dotted.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def default_config_text() -> str:
+    return resources.files("raydetect").joinpath(DEFAULTS_RESOURCE).read_text()
+
+
+def load_settings(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Settings:
+    """Defaults, then the YAML file at `path`, then `overrides` (dotted strings or a nested dict)."""
+    data: dict[str, Any] = yaml.safe_load(default_config_text()) or {}
+    if path is not None:
+        user = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(user, dict):
+            raise ValueError(f"{path}: a config file must hold a mapping at the top level")
+        data = _deep_merge(data, user)
+    if isinstance(overrides, dict):
+        data = _deep_merge(data, overrides)
+    else:
+        for text in overrides or []:
+            data = _deep_merge(data, parse_override(text))
+    return Settings.model_validate(data)

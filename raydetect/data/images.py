@@ -1,0 +1,111 @@
+"""The one safe image decoder used by training, scoring and serving.
+
+Formats are sniffed from the bytes (never trusted from names or content types); only allowed formats are
+decoded; the pixel count is checked from the header *before* decoding (decompression bombs); EXIF
+orientation is applied; the result is RGB. Every failure is an `ImageDecodeError` with a short `reason`
+code and a human message, so callers can turn it into an error row or a 4xx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_ALLOWED = ("JPEG", "PNG", "WEBP")
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BYTES = 25 * 1024 * 1024
+
+
+class ImageDecodeError(ValueError):
+    """Why an image could not be decoded. `reason` is a stable code: empty, too_large, unsupported_format,
+    too_many_pixels, truncated, corrupt."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    allowed_formats: tuple[str, ...] = DEFAULT_ALLOWED
+
+    @classmethod
+    def from_settings(cls, images) -> DecodeLimits:  # images: raydetect.config.ImageSettings
+        return cls(images.max_pixels, images.max_bytes, tuple(f.upper() for f in images.allowed_formats))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The container format from magic bytes: JPEG, PNG, WEBP, GIF, BMP, TIFF, or None."""
+    head = data[:16]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM":
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    return None
+
+
+def decode_image(data: bytes, limits: DecodeLimits | None = None) -> Image.Image:
+    """Decode `data` into an RGB PIL image, or raise `ImageDecodeError` saying why not."""
+    limits = limits or DecodeLimits()
+    if not data:
+        raise ImageDecodeError("empty", "the file is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageDecodeError("too_large", f"{len(data)} bytes is over the {limits.max_bytes}-byte limit")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageDecodeError("unsupported_format", "not a recognised image (no JPEG/PNG/WebP signature)")
+    if fmt not in limits.allowed_formats:
+        raise ImageDecodeError("unsupported_format", f"{fmt} is not allowed ({', '.join(limits.allowed_formats)})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[fmt])
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise ImageDecodeError("corrupt", f"invalid dimensions {width}x{height}")
+            if width * height > limits.max_pixels:
+                raise ImageDecodeError(
+                    "too_many_pixels", f"{width}x{height} is over the {limits.max_pixels}-pixel cap"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return image.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("too_many_pixels", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("corrupt", f"{fmt} header could not be read") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = str(exc)
+        reason = "truncated" if "truncated" in text.lower() or isinstance(exc, EOFError) else "corrupt"
+        raise ImageDecodeError(reason, f"{fmt} data could not be decoded ({text})") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder bug must become a reasoned error, never a crash
+        raise ImageDecodeError("corrupt", f"{fmt} decoder failed ({type(exc).__name__}: {exc})") from exc
+
+
+def try_decode(data: bytes, limits: DecodeLimits | None = None) -> tuple[Image.Image | None, str | None]:
+    """`(image, None)` or `(None, "reason: message")`: the form used for error rows."""
+    try:
+        return decode_image(data, limits), None
+    except ImageDecodeError as exc:
+        return None, str(exc)

@@ -1,0 +1,101 @@
+"""Binary detectors built the ecosystem's way: one logit on top of a torchvision (or timm) backbone.
+
+`weights` is `imagenet` (the library's own pretrained weights and cache; needs internet the first time),
+`none` (random init), or a local/URI path to a state_dict or a raydetect model directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BackboneBuilder = Callable[[str], nn.Module]
+_REGISTRY: dict[str, BackboneBuilder] = {}
+
+
+def register(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    def wrap(builder: BackboneBuilder) -> BackboneBuilder:
+        _REGISTRY[name] = builder
+        return builder
+
+    return wrap
+
+
+def available_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _torchvision_resnet(arch: str, weights: str) -> nn.Module:
+    import torchvision
+
+    tv_weights = "DEFAULT" if weights == "imagenet" else None
+    model = getattr(torchvision.models, arch)(weights=tv_weights)
+    model.fc = nn.Linear(model.fc.in_features, 1)
+    return model
+
+
+for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    register(_arch)(lambda weights, _arch=_arch: _torchvision_resnet(_arch, weights))
+
+
+class TinyCNN(nn.Module):
+    """A few-thousand-parameter CNN for tests and smoke runs (not a real detector)."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register("tinycnn")
+def _tinycnn(weights: str) -> nn.Module:
+    if weights == "imagenet":
+        raise ValueError("tinycnn has no ImageNet weights; use weights='none'")
+    return TinyCNN()
+
+
+def build_backbone(name: str, weights: str = "none") -> nn.Module:
+    """A one-logit classifier. `weights`: imagenet | none | path to a state_dict (.pt/.pth)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
+    pretrained = weights if weights in ("imagenet", "none") else "none"
+    model = _REGISTRY[name](pretrained)
+    if weights not in ("imagenet", "none"):
+        load_state_dict_file(model, weights)
+    return model
+
+
+def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
+    from raydetect import storage
+
+    data = storage.read_bytes(str(path))
+    import io
+
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    model.load_state_dict(state)
+
+
+def stem_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Everything but the classification head, for freezing the backbone in the first epochs."""
+    head = getattr(model, "fc", None) or getattr(model, "classifier", None)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    return [p for p in model.parameters() if id(p) not in head_ids]

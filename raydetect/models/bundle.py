@@ -1,0 +1,102 @@
+"""A trained detector as a self-describing directory: `model.json` + `weights.pt`.
+
+`raydetect score --model DIR`, Serve and the evaluation all load this one format, from a local path or
+`s3://`. The JSON carries what is needed to reproduce predictions: backbone, preprocessing, threshold and
+the uncertain band sent to human review.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+from torch import nn
+
+from raydetect import storage
+from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from raydetect.models.backbones import build_backbone
+
+FORMAT = "raydetect-model/1"
+CARD_FILE = "model.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass
+class ModelCard:
+    backbone: str
+    name: str = "raydetect"
+    version: str = "0"
+    image_size: int = 224
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    threshold: float = 0.5
+    review_band: list[float] = field(default_factory=lambda: [0.4, 0.6])
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, object] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    format: str = FORMAT
+
+    def decide(self, prob_ai: float) -> str:
+        """real / ai / review: probabilities inside the review band go to a person."""
+        low, high = self.review_band
+        if low <= prob_ai < high and low < high:
+            return "review"
+        return "ai" if prob_ai >= self.threshold else "real"
+
+
+def save_model(model: nn.Module, card: ModelCard, uri: str) -> str:
+    """Write the directory (weights first, card last, so a card always has its weights)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    storage.makedirs(uri)
+    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), buffer.getvalue())
+    storage.write_text(storage.join(uri, CARD_FILE), json.dumps(asdict(card), indent=2))
+    return storage.normalize(uri)
+
+
+def load_card(uri: str) -> ModelCard:
+    data = json.loads(storage.read_text(storage.join(uri, CARD_FILE)))
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{uri} is not a raydetect model directory (format {data.get('format')!r})")
+    return ModelCard(**data)
+
+
+def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    card = load_card(uri)
+    model = build_backbone(card.backbone, "none")
+    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS_FILE))), map_location="cpu")
+    model.load_state_dict(state)
+    return model.to(device).eval(), card
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Detector:
+    """A loaded model and its card; `predict` turns preprocessed NCHW float arrays into P(AI)."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device):
+        self.model, self.card, self.device = model, card, device
+
+    @classmethod
+    def load(cls, uri: str, device: str = "auto") -> Detector:
+        dev = resolve_device(device)
+        model, card = load_model(uri, dev)
+        return cls(model, card, dev)
+
+    @torch.inference_mode()
+    def predict(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        tensor = torch.as_tensor(batch, dtype=torch.float32).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = self.model(tensor)
+        else:
+            logits = self.model(tensor)
+        return torch.sigmoid(logits.float().reshape(-1)).cpu().numpy()

@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from raydetect.config import load_settings, parse_override
+
+
+def test_defaults_load_and_are_typed():
+    settings = load_settings()
+    assert settings.images.size == 224
+    assert settings.train.backbone == "efficientnet_lite0"
+    assert "esrgan" in settings.benchmark.generators
+
+
+def test_yaml_then_overrides(tmp_path: Path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  epochs: 7\n  lr: 0.01\nscore:\n  batch_size: 8\n")
+    settings = load_settings(path, ["train.epochs=9", "benchmark.generators=[esrgan]"])
+    assert settings.train.epochs == 9  # the override beats the file
+    assert settings.train.lr == 0.01  # the file beats the defaults
+    assert settings.score.batch_size == 8
+    assert settings.benchmark.generators == ["esrgan"]
+
+
+def test_unknown_and_invalid_keys_are_rejected(tmp_path: Path):
+    with pytest.raises(ValidationError):
+        load_settings(overrides=["train.epochz=3"])
+    with pytest.raises(ValidationError):
+        load_settings(overrides=["train.epochs=0"])
+    with pytest.raises(ValueError):
+        parse_override("train.epochs")
+
+
+def test_mlflow_uri_falls_back_to_sqlite_in_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = load_settings(overrides={"workdir": str(tmp_path)})
+    assert settings.mlflow_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert settings.mlflow_uri() == "http://127.0.0.1:5000"
