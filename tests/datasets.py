@@ -1,0 +1,90 @@
+"""Small datasets in the Kaggle layout, made on the fly for tests.
+
+"Real" images are smooth random fields; their "AI" counterparts are the same field with a faint periodic
+up-sampling-like pattern (what generators leave behind), so a tiny CNN can learn the difference while
+size and encoding stay identical across classes (no format/size shortcut).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+
+def smooth_photo(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A photo-like smooth RGB field, uint8 HxWx3."""
+    coarse = rng.uniform(0, 255, size=(size // 16 + 1, size // 16 + 1, 3)).astype(np.uint8)
+    image = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image).copy()
+
+
+def ai_counterpart(photo: np.ndarray, strength: float = 24.0) -> np.ndarray:
+    """The same content with a checkerboard artefact, as transposed convolutions leave."""
+    h, w, _ = photo.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    pattern = np.where((yy + xx) % 2 == 0, strength, -strength)[..., None]
+    return np.clip(photo.astype(np.float32) + pattern, 0, 255).astype(np.uint8)
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def make_kaggle_dataset(
+    root: Path,
+    n_pairs: int = 16,
+    size: int = 64,
+    seed: int = 0,
+    fmt: str = "PNG",
+    n_test: int = 4,
+) -> Path:
+    """Write `train.csv`, `test.csv`, `train_data/`, `test_data_v2/` under `root`; one group per pair."""
+    rng = np.random.default_rng(seed)
+    ext = "png" if fmt == "PNG" else "jpg"
+    (root / "train_data").mkdir(parents=True, exist_ok=True)
+    (root / "test_data_v2").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_pairs):
+        photo = smooth_photo(rng, size)
+        for label, array in ((0, photo), (1, ai_counterpart(photo))):
+            name = f"train_data/{i:04d}_{label}.{ext}"
+            (root / name).write_bytes(encode(array, fmt))
+            rows.append(
+                {
+                    "file_name": name,
+                    "label": label,
+                    "group": f"photo{i:04d}",
+                    "category": "human" if i % 3 == 0 else "other",
+                    "generator": "real" if label == 0 else "checker",
+                }
+            )
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    test_ids = []
+    for j in range(n_test):
+        photo = smooth_photo(rng, size)
+        name = f"test_data_v2/t{j:04d}.{ext}"
+        (root / name).write_bytes(encode(photo if j % 2 == 0 else ai_counterpart(photo), fmt))
+        test_ids.append(name)
+    pd.DataFrame({"id": test_ids}).to_csv(root / "test.csv", index=False)
+    return root
+
+
+def write_bad_files(folder: Path) -> dict[str, Path]:
+    """A corrupt, a truncated, a zero-byte and a non-image file; returns them by kind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = encode(smooth_photo(np.random.default_rng(1), 64), "JPEG")
+    files = {
+        "corrupt": (folder / "corrupt.jpg", good[:20] + bytes(200) + good[220:]),
+        "truncated": (folder / "truncated.jpg", good[: len(good) // 2]),
+        "empty": (folder / "empty.jpg", b""),
+        "not_image": (folder / "notes.jpg", b"this is not an image, just text\n" * 4),
+    }
+    for path, data in files.values():
+        path.write_bytes(data)
+    return {kind: path for kind, (path, _) in files.items()}
