@@ -61,6 +61,9 @@ def show_config(config: ConfigOption = None, overrides: SetOption = None) -> Non
 
 # --- stages -------------------------------------------------------------------------------------------
 # Each stage lives in its own module and registers here (one line each).
+from raydetect.data import cli as data_cli  # noqa: E402
+
+app.add_typer(data_cli.app, name="data")
 
 
 if __name__ == "__main__":
