@@ -64,6 +64,9 @@ def show_config(config: ConfigOption = None, overrides: SetOption = None) -> Non
 from raydetect.data import cli as data_cli  # noqa: E402
 
 app.add_typer(data_cli.app, name="data")
+from raydetect.evaluate import cli as evaluate_cli  # noqa: E402
+
+app.command("evaluate")(evaluate_cli.evaluate)
 
 
 if __name__ == "__main__":
