@@ -1,0 +1,333 @@
+"""The training loop as plain PyTorch: what each Ray Train worker runs, and what tests run without Ray.
+
+AdamW, a per-step cosine schedule (linear warm-up optional), AMP on CUDA (bf16 where supported, else fp16
+with a grad scaler), optional stem freezing for the first epochs, early stopping on validation F1
+(ties broken by validation loss), seeded. Batches are `(images, labels)` tuples or dicts with `image` and
+`label` (what `Dataset.iter_torch_batches` yields), NCHW float32 images and 0/1 labels.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from raydetect.models.backbones import stem_parameters
+
+Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, Any]
+BatchSource = Callable[[], Iterable[Batch]]
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "auc")
+
+
+@dataclass
+class LoopConfig:
+    """Optimisation settings for one training run (one fold)."""
+
+    epochs: int = 3
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    patience: int = 3
+    freeze_stem_epochs: int = 0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.01
+    threshold: float = 0.5
+    seed: int = 0
+    amp: bool = True  # only ever used on CUDA
+    grad_clip: float | None = 5.0
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LoopConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history, the best epoch by validation F1 and its metrics and weights."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_state: dict[str, torch.Tensor] | None = None
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel (or the model itself)."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to `min_lr_ratio` x lr at `total_steps` (held there afterwards)."""
+    total_steps = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def set_stem_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze (or unfreeze) everything but the head; frozen BatchNorm layers also stop updating statistics."""
+    inner = unwrap(model)
+    stem = {id(p) for p in stem_parameters(inner)}
+    for param in inner.parameters():
+        if id(param) in stem:
+            param.requires_grad_(not frozen)
+    if frozen:
+        for module in inner.modules():
+            params = list(module.parameters(recurse=False))
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and id(params[0]) in stem:
+                module.eval()
+
+
+def _unpack(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, Mapping):
+        images, labels = batch["image"], batch["label"]
+    else:
+        images, labels = batch
+    images = torch.as_tensor(images, dtype=torch.float32).to(device, non_blocking=True)
+    labels = torch.as_tensor(labels).to(device, dtype=torch.float32, non_blocking=True).reshape(-1)
+    return images, labels
+
+
+def _autocast(device: torch.device, enabled: bool) -> tuple[torch.autocast | None, torch.dtype | None]:
+    if device.type != "cuda" or not enabled:
+        return None, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype), dtype
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    amp: bool = True,
+    grad_clip: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[float, int]:
+    """One pass over `batches`; returns (mean loss, number of examples)."""
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    total, count = 0.0, 0
+    for batch in batches:
+        images, labels = _unpack(batch, device)
+        if images.shape[0] == 0:
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        context, dtype = _autocast(device, amp)
+        if context is not None:
+            with context:
+                logits = model(images).reshape(-1)
+        else:
+            logits = model(images).reshape(-1)
+        loss_sum = loss_fn(logits.float(), labels)
+        loss = loss_sum / images.shape[0]
+        if scaler is not None and dtype == torch.float16:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss_sum.detach())
+        count += int(images.shape[0])
+    return (total / count if count else float("nan")), count
+
+
+@torch.inference_mode()
+def predict_batches(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, amp: bool = True
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, P(AI), mean BCE loss) over `batches`, model in eval mode."""
+    model.eval()
+    labels_out: list[np.ndarray] = []
+    probs_out: list[np.ndarray] = []
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    total = 0.0
+    for batch in batches:
+        images, labels = _unpack(batch, device)
+        if images.shape[0] == 0:
+            continue
+        context, _ = _autocast(device, amp)
+        if context is not None:
+            with context:
+                logits = model(images).reshape(-1).float()
+        else:
+            logits = model(images).reshape(-1)
+        total += float(loss_fn(logits, labels))
+        labels_out.append(labels.cpu().numpy())
+        probs_out.append(torch.sigmoid(logits).cpu().numpy())
+    labels_all = np.concatenate(labels_out) if labels_out else np.zeros(0)
+    probs_all = np.concatenate(probs_out) if probs_out else np.zeros(0)
+    return labels_all, probs_all, (total / len(labels_all) if len(labels_all) else float("nan"))
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """accuracy, precision, recall, F1 at `threshold` and AUC-ROC (NaN with one class), via scikit-learn."""
+    from raydetect.evaluate.metrics import binary_metrics
+
+    if len(labels) == 0:
+        return {key: float("nan") for key in METRIC_KEYS}
+    full = binary_metrics(labels.astype(int), probs, threshold)
+    return {
+        "accuracy": full["accuracy"],
+        "precision": full["precision"],
+        "recall": full["recall"],
+        "f1": full["f1"],
+        "auc": full["auc_roc"],
+    }
+
+
+class EarlyStopping:
+    """Tracks the best epoch by validation F1 (ties: lower validation loss); stops after `patience` misses."""
+
+    def __init__(self, patience: int):
+        self.patience = max(1, patience)
+        self.best_f1 = -math.inf
+        self.best_loss = math.inf
+        self.misses = 0
+
+    def update(self, f1: float, loss: float) -> bool:
+        f1 = -1.0 if math.isnan(f1) else f1
+        loss = math.inf if math.isnan(loss) else loss
+        improved = f1 > self.best_f1 + 1e-9 or (abs(f1 - self.best_f1) <= 1e-9 and loss < self.best_loss - 1e-9)
+        if improved:
+            self.best_f1, self.best_loss, self.misses = f1, loss, 0
+        else:
+            self.misses += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.misses >= self.patience
+
+
+EpochCallback = Callable[[dict[str, float], nn.Module, bool], None]
+
+
+def fit(
+    model: nn.Module,
+    train_batches: BatchSource,
+    val_batches: BatchSource,
+    config: LoopConfig,
+    device: torch.device | str = "cpu",
+    steps_per_epoch: int | None = None,
+    on_epoch: EpochCallback | None = None,
+    sync_stop: Callable[[bool], bool] | None = None,
+    keep_best_state: bool = True,
+) -> FitResult:
+    """Train `model` (already on `device`, possibly DDP-wrapped) and validate after every epoch.
+
+    `train_batches()` / `val_batches()` return a fresh iterable per epoch. `on_epoch(record, model, improved)`
+    runs after each epoch (Ray: report + checkpoint). `sync_stop(local_decision)` makes every worker agree on
+    early stopping (rank 0 decides). The returned history has one dict per epoch:
+    epoch, lr, train_loss, val_loss, val_accuracy, val_precision, val_recall, val_f1, val_auc, best_val_f1.
+    """
+    device = torch.device(device)
+    seed_everything(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = (steps_per_epoch or 1) * config.epochs
+    scheduler = cosine_schedule(optimizer, total_steps, config.warmup_steps, config.min_lr_ratio)
+    if steps_per_epoch is None:  # unknown epoch length: step the cosine once per epoch instead
+        scheduler_per_step, scheduler = scheduler, None
+    else:
+        scheduler_per_step = None
+    _, amp_dtype = _autocast(device, config.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    stopper = EarlyStopping(config.patience)
+    result = FitResult()
+
+    for epoch in range(config.epochs):
+        frozen = epoch < config.freeze_stem_epochs
+        model.train()
+        set_stem_frozen(model, frozen)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, _ = train_one_epoch(
+            model, train_batches(), optimizer, scheduler, device, config.amp, config.grad_clip, scaler
+        )
+        if scheduler_per_step is not None:
+            scheduler_per_step.step()
+        if frozen:
+            set_stem_frozen(model, False)
+        labels, probs, val_loss = predict_batches(model, val_batches(), device, config.amp)
+        metrics = classification_metrics(labels, probs, config.threshold)
+        improved = stopper.update(metrics["f1"], val_loss)
+        record = {
+            "epoch": epoch + 1,
+            "lr": float(lr),
+            "stem_frozen": float(frozen),
+            "train_loss": float(train_loss),
+            "val_loss": float(val_loss),
+            "n_val": float(len(labels)),
+            **{f"val_{k}": float(v) for k, v in metrics.items()},
+        }
+        record["best_val_f1"] = float(stopper.best_f1)
+        result.history.append(record)
+        if improved:
+            result.best_epoch, result.best_metrics = epoch + 1, dict(record)
+            if keep_best_state:
+                result.best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+        stop = stopper.should_stop and epoch + 1 < config.epochs
+        if sync_stop is not None:
+            stop = sync_stop(stop)
+        record["stopping"] = float(stop or epoch + 1 == config.epochs)
+        if on_epoch is not None:
+            on_epoch(record, unwrap(model), improved)
+        if stop:
+            result.stopped_early = True
+            break
+    return result
+
+
+def tensor_batches(
+    images: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> BatchSource:
+    """A batch source over in-memory arrays (a new shuffled order per call when `shuffle`)."""
+    images_t = torch.as_tensor(images, dtype=torch.float32)
+    labels_t = torch.as_tensor(labels, dtype=torch.float32)
+    calls = {"n": 0}
+
+    def source() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.arange(len(images_t))
+        if shuffle:
+            generator = torch.Generator().manual_seed(seed + calls["n"])
+            order = torch.randperm(len(images_t), generator=generator)
+        calls["n"] += 1
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            yield images_t[index], labels_t[index]
+
+    return source
