@@ -51,6 +51,16 @@ class TrainSettings(_Section):
     patience: int = Field(3, gt=0)
     freeze_stem_epochs: int = Field(0, ge=0)
     augment_strength: float = Field(1.0, ge=0)
+    image_size: int | None = Field(None, gt=0)  # null -> images.size
+    augment_views: int = Field(2, gt=0)  # differently-seeded augmented copies of the train set, cycled per epoch
+    storage_path: str | None = None  # Ray Train checkpoints (local or s3://); null -> <workdir>/runs
+    use_gpu: bool | None = None  # null -> when the cluster has GPUs
+    cpus_per_worker: float = Field(1.0, gt=0)
+    decode_actors: int = Field(2, gt=0)  # Ray Data decode/augment actor pool per dataset
+    decode_num_cpus: float = Field(0.5, gt=0)
+    model_name: str = "raydetect"
+    tune_num_samples: int = Field(8, gt=0)
+    tune_max_concurrent: int | None = Field(None, gt=0)  # null -> as many trials as the cluster's CPUs/GPUs fit
 
 
 class ScoreSettings(_Section):
