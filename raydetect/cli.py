@@ -67,6 +67,9 @@ app.add_typer(data_cli.app, name="data")
 from raydetect.evaluate import cli as evaluate_cli  # noqa: E402
 
 app.command("evaluate")(evaluate_cli.evaluate)
+from raydetect.score import cli as score_cli  # noqa: E402
+
+app.command("score")(score_cli.score)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,230 @@
+"""Batch scoring's plain-Python core, without Ray: decode stage, predictor, decisions, ensembles, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from raydetect.config import load_settings
+from raydetect.data.images import DecodeLimits, decode_image, sha256_hex
+from raydetect.data.manifest import ManifestError
+from raydetect.data.transforms import preprocess
+from raydetect.models.backbones import build_backbone
+from raydetect.models.bundle import Detector, ModelCard, save_model
+from raydetect.score import results
+from raydetect.score.decision import combine_cards, decide_all, normalized_weights
+from raydetect.score.decode import DONE_SHA, decode_batch, image_column
+from raydetect.score.inputs import list_inputs
+from raydetect.score.pipeline import parse_actors, parse_models
+from raydetect.score.predictor import CONTRACT_COLUMNS, Predictor, normalize_batch, output_schema, tensor_column
+from tests.datasets import encode, make_kaggle_dataset, smooth_photo, write_bad_files
+
+
+def _save_tiny(path: Path, seed: int, name: str = "tiny", version: str = "1", size: int = 48, **card) -> str:
+    torch.manual_seed(seed)
+    model = build_backbone("tinycnn")
+    with torch.no_grad():  # untrained BatchNorm statistics make every output ~equal; spread them out
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return save_model(
+        model, ModelCard(backbone="tinycnn", name=name, version=version, image_size=size, **card), str(path)
+    )
+
+
+def _images(folder: Path, n: int = 6, size: int = 70) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i}.{'png' if i % 2 else 'jpg'}"
+        path.write_bytes(encode(smooth_photo(rng, size + 8 * i), "PNG" if i % 2 else "JPEG"))
+        paths.append(path)
+    return paths
+
+
+def _table(paths: list[Path], **extra: list) -> pa.Table:
+    return pa.table({"path": [str(p) for p in paths], **extra})
+
+
+def test_normalize_batch_is_bit_identical_to_preprocess(tmp_path: Path):
+    for path in _images(tmp_path, n=3):
+        image = decode_image(path.read_bytes())
+        expected = preprocess(image, 48)
+        out = decode_batch(_table([path]), [48])
+        crops = tensor_column(out, image_column(48))
+        got = normalize_batch(crops, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).numpy()[0]
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.array_equal(got, expected)
+
+
+def test_decode_batch_turns_every_bad_input_into_an_error_row(tmp_path: Path):
+    good = _images(tmp_path / "good", n=2)
+    bad = write_bad_files(tmp_path / "bad")
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (9000, 9000)).save(bomb)  # 81 Mpx: over the default pixel cap, a tiny file
+    limits = DecodeLimits(max_bytes=max(p.stat().st_size for p in [*good, bomb]) + 1)
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(limits.max_bytes + (1 << 21)))  # over the byte limit
+    paths = [*good, *bad.values(), big, bomb, tmp_path / "missing.jpg"]
+    out = decode_batch(_table(paths), [32], limits)
+    errors, shas = out.column("error").to_pylist(), out.column("sha256").to_pylist()
+    reasons = [e.split(":", 1)[0] if e else None for e in errors]
+    assert reasons == [None, None, "corrupt", "truncated", "empty", "unsupported_format", "too_large",
+                       "too_many_pixels", "missing"]  # fmt: skip
+    assert shas[0] == sha256_hex(good[0].read_bytes())
+    assert shas[6] == sha256_hex(big.read_bytes())  # streamed past the cap, still hashed
+    assert shas[8] is None
+    assert "bytes" not in out.column_names and DONE_SHA not in out.column_names
+
+
+def test_decode_batch_drops_rows_a_resumed_run_already_has(tmp_path: Path):
+    paths = _images(tmp_path, n=3)
+    done = [sha256_hex(paths[0].read_bytes()), "stale-sha", ""]
+    out = decode_batch(_table(paths, **{DONE_SHA: done}), [32])
+    assert out.column("path").to_pylist() == [str(paths[1]), str(paths[2])]
+    assert tensor_column(out, image_column(32)).shape == (2, 32, 32, 3)
+
+
+def test_decode_batch_accepts_the_data_layers_byte_reader_output(tmp_path: Path):
+    from raydetect.data.ray_io import read_bytes_batch
+
+    paths = [*_images(tmp_path, n=2), tmp_path / "nope.png"]
+    table = read_bytes_batch(_table(paths, label=pa.array([0, 1, None], type=pa.int64())))
+    out = decode_batch(table, [32])
+    assert out.column("error").to_pylist()[:2] == [None, None]
+    assert out.column("error").to_pylist()[2].startswith("missing")
+    assert out.column("label").to_pylist() == [0, 1, None]
+
+
+def test_predictions_equal_the_model_called_directly(tmp_path: Path):
+    model_uri = _save_tiny(tmp_path / "model", seed=1)
+    paths = [*_images(tmp_path / "img", n=5), *write_bad_files(tmp_path / "bad").values()]
+    batch = decode_batch(_table(paths, label=pa.array([1] * len(paths))), [48])
+    predictor = Predictor([model_uri], num_threads=1)
+    out = predictor(batch)
+    assert out.schema.names[: len(CONTRACT_COLUMNS)] == list(CONTRACT_COLUMNS)
+    assert out.schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
+    rows = out.to_pandas()
+    detector = Detector.load(model_uri, device="cpu")
+    good = rows[rows["error"].isna()]
+    direct = detector.predict(np.stack([preprocess(decode_image(Path(p).read_bytes()), 48) for p in good["path"]]))
+    assert np.array_equal(good["prob_ai"].to_numpy(), direct.astype(np.float64))
+    assert good["decision"].tolist() == [detector.card.decide(float(p)) for p in direct]
+    bad = rows[rows["error"].notna()]
+    assert len(bad) == 4 and bad["prob_ai"].isna().all() and bad["decision"].isna().all()
+    assert (rows["model_name"] == "tiny").all() and (rows["model_version"] == "1").all()
+    assert rows["label"].tolist() == [1] * len(paths)  # carried columns come through
+
+
+def test_ensemble_averages_weighted_probabilities(tmp_path: Path):
+    a = _save_tiny(tmp_path / "a", seed=1, name="a", size=48, threshold=0.4, review_band=[0.3, 0.5])
+    b = _save_tiny(tmp_path / "b", seed=2, name="b", size=32, threshold=0.6, review_band=[0.5, 0.7])
+    paths = _images(tmp_path / "img", n=4)
+    batch = decode_batch(_table(paths), [32, 48])
+    pa_, pb = (Predictor([m]).probabilities(batch) for m in (a, b))
+    ensemble = Predictor([a, b], weights=[3, 1])
+    np.testing.assert_allclose(ensemble.probabilities(batch), 0.75 * pa_ + 0.25 * pb, rtol=0, atol=1e-12)
+    card = ensemble.card
+    assert card.threshold == pytest.approx(0.45) and card.review_band == pytest.approx([0.35, 0.55])
+    assert card.name == "a+b" and card.version == "a@1*0.75+b@1*0.25"
+    out = ensemble(batch).to_pandas()
+    assert out["decision"].tolist() == decide_all(card, out["prob_ai"].to_numpy())
+
+
+def test_decisions_and_weights():
+    card = ModelCard(backbone="x", threshold=0.5, review_band=[0.4, 0.6])
+    assert decide_all(card, np.array([0.1, 0.45, 0.7, np.nan])) == ["real", "review", "ai", None]
+    assert normalized_weights(None, 2) == [0.5, 0.5]
+    assert normalized_weights([1, 3], 2) == [0.25, 0.75]
+    with pytest.raises(ValueError):
+        normalized_weights([1], 2)
+    with pytest.raises(ValueError):
+        normalized_weights([0, 0], 2)
+    assert combine_cards([card]) is card
+
+
+def test_parse_models_and_actors(tmp_path: Path):
+    a = _save_tiny(tmp_path / "a", seed=1, name="a")
+    b = _save_tiny(tmp_path / "b", seed=2, name="b", size=32)
+    spec = parse_models(f"{a},{b}", "2,1")
+    assert spec.uris == [a, b] and spec.weights == pytest.approx([2 / 3, 1 / 3]) and spec.sizes == [32, 48]
+    with pytest.raises(ValueError, match="model.json"):
+        parse_models(str(tmp_path / "nowhere"))
+    settings = load_settings()
+    assert parse_actors("1:3", settings) == (1, 3)
+    assert parse_actors("2", settings) == (2, 2)
+    assert parse_actors(None, settings) == (settings.score.min_actors, settings.score.max_actors)
+    with pytest.raises(ValueError):
+        parse_actors("3:1", settings)
+
+
+def test_list_inputs_reads_roots_folders_and_manifest_files(tmp_path: Path):
+    root = make_kaggle_dataset(tmp_path / "kaggle", n_pairs=3, size=32, n_test=2)
+    train = list_inputs(str(root))
+    assert len(train) == 6 and train["label"].dtype == "Int64" and "group" in train.columns
+    assert len(list_inputs(str(root), "all")) == 8
+    write_bad_files(tmp_path / "folder")
+    assert len(list_inputs(str(tmp_path / "folder"))) == 4
+    manifest = tmp_path / "list.csv"
+    pd.DataFrame({"file_name": ["kaggle/train_data/0000_0.png", "kaggle/train_data/0000_0.png"], "x": [1, 2]}).to_csv(
+        manifest, index=False
+    )
+    listed = list_inputs(str(manifest))
+    assert listed["path"].tolist() == [str(root / "train_data/0000_0.png")]  # relative to the file, de-duplicated
+    text = tmp_path / "list.txt"
+    text.write_text(f"# two images\n{root / 'train_data/0000_1.png'}\n\nkaggle/train_data/0001_0.png\n")
+    assert len(list_inputs(str(text))) == 2
+    with pytest.raises(ManifestError):
+        list_inputs(str(root / "train.csv"), "bogus")
+
+
+def _part(path: Path, rows: list[tuple[str, str, str, int]]) -> None:
+    frame = pd.DataFrame(rows, columns=["path", "sha256", "model_version", "t"])
+    frame["model_name"] = "m"
+    frame["scored_at"] = pd.to_datetime(frame.pop("t"), unit="s", utc=True)
+    frame["decision"] = "real"
+    frame["error"] = None
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+
+
+def test_resume_bookkeeping_leaves_one_row_per_input(tmp_path: Path):
+    run = results.run_uri(str(tmp_path), "r")
+    Path(run).mkdir(parents=True)
+    _part(Path(run) / "a.parquet", [("x", "s1", "1", 1), ("y", "s2", "1", 1), ("gone", "s9", "1", 1)])
+    _part(Path(run) / "b.parquet", [("y", "s2b", "1", 5), ("z", "s3", "2", 2)])
+    (Path(run) / "c.parquet").write_bytes(b"PAR1 interrupted write")  # no footer
+    rows, broken = results.read_rows(run, results.KEY_COLUMNS)
+    assert [Path(b).name for b in broken] == ["c.parquet"] and len(rows) == 5
+    assert results.done_shas(rows, "m", "1") == {"x": "s1", "y": "s2b", "gone": "s9"}
+    final, fixes = results.consolidate(run, {"x", "y", "z"})
+    assert sorted(final["path"]) == ["x", "y", "z"]
+    assert fixes == {"stale_rows_dropped": 2, "files_rewritten": 1, "broken_files_removed": 1}
+    again, _ = results.read_rows(run, results.KEY_COLUMNS)
+    assert sorted(zip(again["path"], again["sha256"], strict=True)) == [("x", "s1"), ("y", "s2b"), ("z", "s3")]
+    assert not any(Path(run).glob(".*tmp"))
+    results.write_success(run, {"counts": {"rows": 3}})
+    assert results.read_success(run) == {"counts": {"rows": 3}}
+    results.remove_success(run)
+    assert results.read_success(run) is None
+
+
+def test_output_schema_keeps_the_contract_first():
+    carried = pa.schema([("file_name", pa.string()), ("label", pa.int64()), ("error", pa.string()), ("_x", pa.int8())])
+    assert output_schema(carried).names == [*CONTRACT_COLUMNS, "file_name", "label"]
+
+
+def test_decode_limits_come_from_settings(tmp_path: Path):
+    settings = load_settings(overrides=["images.max_bytes=10"])
+    limits = DecodeLimits.from_settings(settings.images)
+    path = _images(tmp_path, n=1)[0]
+    out = decode_batch(_table([path]), [16], limits)
+    assert out.column("error").to_pylist()[0].startswith("too_large")
