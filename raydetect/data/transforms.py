@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
+
+if TYPE_CHECKING:  # torch is imported lazily: decode workers should not pay for it
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,4 +87,7 @@ class TrainAugment:
 
 
 def to_tensor_batch(arrays: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """A list of CHW arrays (or an NCHW array) as one torch tensor (no copy when already stacked)."""
+    import torch
+
     return torch.from_numpy(np.stack(arrays) if isinstance(arrays, list) else np.asarray(arrays))
