@@ -61,9 +61,7 @@ def read_csv(uri: str, settings: Settings | None = None) -> pd.DataFrame:
     except FileNotFoundError as exc:
         raise ManifestError(f"{uri}: no such file") from exc
     try:
-        frame = pd.read_csv(
-            io.BytesIO(data), dtype={"file_name": str, "id": str, "group": str}, keep_default_na=True
-        )
+        frame = pd.read_csv(io.BytesIO(data), dtype={"file_name": str, "id": str, "group": str}, keep_default_na=True)
     except pd.errors.EmptyDataError as exc:
         raise ManifestError(f"{uri}: the file is empty (no header row)") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -215,9 +213,7 @@ def _from_folder(root: str, settings: Settings | None) -> pd.DataFrame:
             label = pd.NA
         rows.append({"path": path, "file_name": name, "label": label})
     if not rows:
-        raise ManifestError(
-            f"{root}: no {TRAIN_CSV}, and no image files ({', '.join(IMAGE_SUFFIXES)}) found under it"
-        )
+        raise ManifestError(f"{root}: no {TRAIN_CSV}, and no image files ({', '.join(IMAGE_SUFFIXES)}) found under it")
     frame = pd.DataFrame(rows)
     frame["label"] = frame["label"].astype("Int64")
     return _finish(frame, root, "train" if labelled else "folder")
