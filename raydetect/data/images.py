@@ -13,6 +13,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_ALLOWED = ("JPEG", "PNG", "WEBP")
@@ -63,6 +64,19 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, 8 bits per channel. High-bit-depth greys (16-bit PNG: mode I;16 / I, float F) are scaled down:
+    Pillow's own convert("RGB") clips them at 255, turning most 16-bit images white."""
+    if image.mode.startswith("I") or image.mode == "F":
+        array = np.asarray(image).astype(np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and array.max(initial=0) > 255):
+            array = array / 257.0 if array.max(initial=0) <= 65535 else array * (255.0 / array.max())
+        elif image.mode == "F" and array.max(initial=0) <= 1.0:
+            array = array * 255.0
+        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8))  # 2-D uint8 -> mode L
+    return image.convert("RGB")
+
+
 def decode_image(data: bytes, limits: DecodeLimits | None = None) -> Image.Image:
     """Decode `data` into an RGB PIL image, or raise `ImageDecodeError` saying why not."""
     limits = limits or DecodeLimits()
@@ -88,7 +102,7 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> Image.Image
                 )
             image.load()
             image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
+            return _to_rgb(image)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
