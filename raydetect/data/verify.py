@@ -388,16 +388,28 @@ def _reason(error: str) -> str:
 
 
 def _cluster_rows(facts: pd.DataFrame, key: str, max_listed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    clusters, n_cross, n_files, n_clusters, n_cross_split = [], 0, 0, 0, 0
-    sizes = facts.groupby(key)[key].transform("size")
-    multi = facts[facts[key].notna() & (sizes > 1)]
-    for value, part in multi.groupby(key, sort=False):
-        labels = sorted({int(x) for x in part["label"].dropna()})
-        cross = len(labels) > 1
-        n_cross += cross
-        n_cross_split += part["split"].nunique() > 1
-        n_files += len(part)
-        n_clusters += 1
+    """Clusters of 2+ rows sharing `key`: vectorised counts over all of them, details for `max_listed`
+    (clusters spanning both labels first, then the largest)."""
+    present = facts[facts[key].notna()]
+    multi = present[present.groupby(key)[key].transform("size") > 1]
+    grouped = multi.groupby(key, sort=False)
+    table = pd.DataFrame(
+        {
+            "size": grouped.size(),
+            "cross": grouped["label"].nunique() > 1,
+            "cross_split": grouped["split"].nunique() > 1,
+        }
+    )
+    counts = {
+        "n_clusters": int(len(table)),
+        "n_files": int(table["size"].sum()) if len(table) else 0,
+        "cross_label": int(table["cross"].sum()),
+        "cross_split": int(table["cross_split"].sum()),
+    }
+    listed = table.sort_values(["cross", "size"], ascending=[False, False], kind="stable").head(max_listed)
+    clusters = []
+    for value, row in listed.iterrows():
+        part = grouped.get_group(value)
         clusters.append(
             {
                 key: str(value),
@@ -405,12 +417,10 @@ def _cluster_rows(facts: pd.DataFrame, key: str, max_listed: int) -> tuple[list[
                 "labels": [None if pd.isna(x) else int(x) for x in part["label"]],
                 "splits": part["split"].tolist(),
                 "groups": part["group"].astype("string").fillna("").tolist() if "group" in part else None,
-                "cross_label": cross,
+                "cross_label": bool(row["cross"]),
             }
         )
-    clusters.sort(key=lambda c: (not c["cross_label"], -len(c["files"])))
-    counts = {"n_clusters": n_clusters, "n_files": n_files, "cross_label": n_cross, "cross_split": n_cross_split}
-    return clusters[:max_listed], counts
+    return clusters, counts
 
 
 def analyse(facts: pd.DataFrame, options: VerifyOptions | None = None) -> dict[str, Any]:
