@@ -79,7 +79,13 @@ def read_capped(
         def fetch(i: int) -> bytes | ReadFailure:
             key = storage.strip_scheme(paths[i])
             try:
-                head = fs.cat_file(key, start=0, end=max_bytes + 1)
+                try:
+                    head = fs.cat_file(key, start=0, end=max_bytes + 1)  # one ranged GET
+                except FileNotFoundError:
+                    raise
+                except Exception:  # noqa: BLE001 - e.g. a range on a 0-byte object (416): read it plainly
+                    with fs.open(key, "rb") as handle:
+                        head = handle.read(max_bytes + 1)
                 if len(head) <= max_bytes:
                     return head
                 with fs.open(key, "rb") as handle:

@@ -32,7 +32,7 @@ from raydetect.score import results
 from raydetect.score.decision import combine_cards, normalized_weights
 from raydetect.score.decode import DONE_SHA, decode_batch
 from raydetect.score.inputs import list_inputs
-from raydetect.score.predictor import Loader, Predictor, auto_threads, output_schema
+from raydetect.score.predictor import Loader, Predictor, output_schema
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,6 @@ def build_dataset(
     sc = settings.score
     gpus = cluster_gpus() if num_gpus is None else num_gpus
     per_actor_gpus = sc.actor_num_gpus if gpus > 0 else 0.0
-    threads = sc.torch_threads or auto_threads(actors[1])
     schema = output_schema(carried_schema(inputs))
     ds = manifest_dataset(inputs, rows_per_block=sc.read_block_rows)
     ds = ds.map_batches(
@@ -146,7 +145,8 @@ def build_dataset(
             "weights": spec.weights,
             "loader": loader,
             "device": settings.device,
-            "num_threads": threads,
+            "num_threads": sc.torch_threads,
+            "pool_size": actors[1],
             "schema": schema,
         },
         batch_size=batch_size,

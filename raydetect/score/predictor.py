@@ -90,7 +90,8 @@ class Predictor:
 
     members: model URIs; weights: one per member (None = equal); loader: URI -> detector (has `.card` and
     `.predict(NCHW float) -> P(AI)`), default `Detector.load(uri, device=device)`; num_threads: torch threads
-    (0 = leave as is); schema: the output schema (from `output_schema`), so every block has the same types.
+    (0 = this node's cores / pool_size, the actor pool's maximum size); schema: the output schema (from
+    `output_schema`), so every block has the same types.
     """
 
     def __init__(
@@ -101,9 +102,9 @@ class Predictor:
         device: str = "auto",
         num_threads: int = 0,
         schema: pa.Schema | None = None,
+        pool_size: int = 1,
     ):
-        if num_threads > 0:
-            torch.set_num_threads(num_threads)
+        torch.set_num_threads(num_threads if num_threads > 0 else auto_threads(pool_size))
         loader = loader or partial(Detector.load, device=device)
         self.detectors = [loader(uri) for uri in members]
         self.weights = normalized_weights(weights, len(self.detectors))

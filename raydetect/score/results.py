@@ -59,12 +59,21 @@ def list_parts(run: str, settings: StorageSettings | None = None) -> list[str]:
     return sorted(out)
 
 
+class ForeignPartError(ValueError):
+    """A readable Parquet file in a run folder that is not a prediction part (columns missing)."""
+
+
 def _read_one(fs: pafs.FileSystem, path: str, columns: list[str] | None) -> pa.Table | None:
-    try:
-        with fs.open_input_file(path) as handle:
-            return pq.read_table(handle, columns=columns)
-    except (OSError, pa.ArrowException, ValueError):
-        return None  # no footer: an interrupted write
+    """The table, or None when the file has no readable footer (an interrupted write)."""
+    with fs.open_input_file(path) as handle:
+        try:
+            parquet = pq.ParquetFile(handle)
+        except (OSError, pa.ArrowException, ValueError):
+            return None
+        missing = [c for c in columns or [] if c not in parquet.schema_arrow.names]
+        if missing:
+            raise ForeignPartError(f"{path} is not a prediction file of this run (no column {missing[0]!r})")
+        return parquet.read(columns=columns)
 
 
 def read_rows(

@@ -228,3 +228,14 @@ def test_decode_limits_come_from_settings(tmp_path: Path):
     path = _images(tmp_path, n=1)[0]
     out = decode_batch(_table([path]), [16], limits)
     assert out.column("error").to_pylist()[0].startswith("too_large")
+
+
+def test_a_foreign_parquet_file_in_a_run_folder_is_an_error_not_deleted(tmp_path: Path):
+    run = results.run_uri(str(tmp_path), "r")
+    Path(run).mkdir(parents=True)
+    pq.write_table(pa.table({"something": [1]}), Path(run) / "theirs.parquet")
+    with pytest.raises(results.ForeignPartError, match="theirs.parquet"):
+        results.read_rows(run, results.KEY_COLUMNS)
+    assert (Path(run) / "theirs.parquet").exists()
+    with pytest.raises(ValueError):
+        results.run_uri(str(tmp_path), "../escape")

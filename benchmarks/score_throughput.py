@@ -1,0 +1,185 @@
+"""Batch-scoring throughput: the Ray Data pipeline against a plain PyTorch loop, same images, same model.
+
+    .venv/bin/python benchmarks/score_throughput.py --n 1000 --backbone resnet18 [--json out.json]
+
+In one run it measures
+  (a) a plain single-process loop: read + decode + preprocess + forward, at the best torch thread count
+      (probed first); measured before and after (c) to show drift when the machine is shared;
+  (b) the model alone on preloaded tensors (the compute limit);
+  (c) `raydetect.score.pipeline.score_run` end to end (listing → Parquet + `_SUCCESS`, actor start-up
+      included; Ray's own start-up excluded) and in steady state (rows scored between the first and the last
+      model batch, from the rows' `scored_at`),
+and prints images/s for each and the ratios (c)/(a) and (c)/(b). Images: N photo-like JPEGs (q90) of
+`--side` px, with fine noise so decoding costs what a photo costs; model: an untrained backbone (weights
+`none`; throughput does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_images(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i:05d}.jpg"
+        if not path.exists():
+            coarse = rng.uniform(0, 255, size=(side // 16 + 1, side // 16 + 1, 3)).astype(np.uint8)
+            smooth = np.asarray(Image.fromarray(coarse).resize((side, side), Image.Resampling.BICUBIC))
+            photo = smooth.astype(np.int16) + rng.integers(-12, 13, size=(side, side, 3))
+            Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def plain_loop(paths: list[Path], detector, size: int, batch_size: int, keep: list | None = None) -> float:
+    """images/s of read + decode + preprocess + forward in this process."""
+    from raydetect.data.images import decode_image
+    from raydetect.data.transforms import preprocess
+
+    card = detector.card
+    start = time.perf_counter()
+    for i in range(0, len(paths), batch_size):
+        batch = np.stack(
+            [preprocess(decode_image(p.read_bytes()), size, card.mean, card.std) for p in paths[i : i + batch_size]]
+        )
+        detector.predict(batch)
+        if keep is not None:
+            keep.append(batch)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def model_only(batches: list[np.ndarray], detector) -> float:
+    import torch
+
+    tensors = [torch.from_numpy(b) for b in batches]
+    start = time.perf_counter()
+    for tensor in tensors:
+        detector.predict(tensor)
+    return sum(len(t) for t in tensors) / (time.perf_counter() - start)
+
+
+def steady_state(rows) -> float:
+    """Rows per second between the first and the last model batch (from `scored_at`)."""
+    stamps = rows.groupby("scored_at").size().sort_index()
+    if len(stamps) < 2:
+        return float("nan")
+    span = (stamps.index[-1] - stamps.index[0]).total_seconds()
+    return float(stamps.iloc[1:].sum() / span) if span > 0 else float("nan")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--side", type=int, default=256, help="image side in px (cropped to --image-size)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--actors", default="1:1")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
+    parser.add_argument("--workdir", default=None, help="keep images here (default: a temp dir, removed)")
+    parser.add_argument("--json", default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+
+    import ray
+    import torch
+
+    from raydetect.config import load_settings
+    from raydetect.models.backbones import build_backbone
+    from raydetect.models.bundle import Detector, ModelCard, save_model
+    from raydetect.score import results
+    from raydetect.score.pipeline import score_run
+
+    settings = load_settings(overrides=args.overrides)  # first: a bad override fails before minutes of work
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="score-bench-"))
+    cores = os.cpu_count() or 1
+    load_before = os.getloadavg()
+    paths = make_images(work / "images", args.n, args.side)
+    torch.manual_seed(0)
+    model_uri = save_model(
+        build_backbone(args.backbone, "none"),
+        ModelCard(backbone=args.backbone, name=f"bench-{args.backbone}", version="0", image_size=args.image_size),
+        str(work / "model"),
+    )
+    detector = Detector.load(model_uri, device="cpu")
+    out: dict = {"n": args.n, "side": args.side, "image_size": args.image_size, "backbone": args.backbone,
+                 "batch_size": args.batch_size, "cores": cores, "torch": torch.__version__}  # fmt: skip
+
+    # (a) plain loop, best thread count (probed on a slice), warm-up included in the probe
+    probe = paths[: min(len(paths), 4 * args.batch_size)]
+    trials = {}
+    for threads in sorted({1, max(1, cores // 2), cores}):
+        torch.set_num_threads(threads)
+        trials[threads] = plain_loop(probe, detector, args.image_size, args.batch_size)
+    best = max(trials, key=trials.get)
+    torch.set_num_threads(best)
+    batches: list[np.ndarray] = []
+    out["plain_threads_probe"] = {str(k): round(v, 2) for k, v in trials.items()}
+    out["plain_threads"] = best
+    out["a_plain_loop"] = plain_loop(paths, detector, args.image_size, args.batch_size, keep=batches)
+    # (b) model only on preloaded tensors
+    out["b_model_only"] = model_only(batches, detector)
+    del batches
+
+    # (c) the Ray Data pipeline (its own local cluster of this machine's cores)
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        start = time.perf_counter()
+        manifest = score_run(
+            str(work / "images"), model_uri, str(work / "out"), f"bench{int(time.time())}",
+            batch_size=args.batch_size, actors=args.actors, settings=settings, split="folder",
+        )  # fmt: skip
+        out["c_pipeline_end_to_end"] = manifest["counts"]["rows"] / (time.perf_counter() - start)
+        rows, _ = results.read_rows(manifest["output"], ["scored_at"])
+        out["c_pipeline_steady_state"] = steady_state(rows)
+        out["pipeline"] = {k: manifest[k] for k in ("actors", "batch_size", "elapsed_s", "pipeline_s")}
+        out["pipeline"]["settings"] = settings.score.model_dump()
+        assert manifest["counts"]["rows"] == args.n and manifest["counts"]["errors"] == 0
+    finally:
+        ray.shutdown()
+
+    torch.set_num_threads(best)
+    out["a_plain_loop_after"] = plain_loop(paths, detector, args.image_size, args.batch_size)
+    plain = (out["a_plain_loop"] + out["a_plain_loop_after"]) / 2
+    out["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    out["ratio_steady_vs_plain"] = out["c_pipeline_steady_state"] / plain
+    out["ratio_end_to_end_vs_plain"] = out["c_pipeline_end_to_end"] / plain
+    out["ratio_steady_vs_model_only"] = out["c_pipeline_steady_state"] / out["b_model_only"]
+    out["ratio_end_to_end_vs_model_only"] = out["c_pipeline_end_to_end"] / out["b_model_only"]
+
+    lines = [
+        f"{args.n} JPEGs {args.side}px -> {args.image_size}px, {args.backbone} (untrained), batch {args.batch_size}, "
+        f"{cores} cores, load average before/after {out['load_average_before_after']}",
+        f"(a) plain loop, {best} thread(s)        {out['a_plain_loop']:8.1f} img/s"
+        f"  (again after (c): {out['a_plain_loop_after']:.1f})",
+        f"(b) model only, preloaded tensors     {out['b_model_only']:8.1f} img/s",
+        f"(c) Ray Data pipeline, steady state   {out['c_pipeline_steady_state']:8.1f} img/s",
+        f"(c) Ray Data pipeline, end to end     {out['c_pipeline_end_to_end']:8.1f} img/s  (actors {args.actors})",
+        f"(c)/(a): steady {out['ratio_steady_vs_plain']:.2f}, end to end {out['ratio_end_to_end_vs_plain']:.2f}",
+        f"(c)/(b): steady {out['ratio_steady_vs_model_only']:.2f}, "
+        f"end to end {out['ratio_end_to_end_vs_model_only']:.2f}",
+    ]
+    print("\n" + "\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
