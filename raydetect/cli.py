@@ -70,6 +70,9 @@ app.command("evaluate")(evaluate_cli.evaluate)
 from raydetect.score import cli as score_cli  # noqa: E402
 
 app.command("score")(score_cli.score)
+from raydetect.serve import cli as serve_cli  # noqa: E402
+
+app.command("serve")(serve_cli.serve)
 
 
 if __name__ == "__main__":

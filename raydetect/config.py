@@ -84,8 +84,24 @@ class TrackingSettings(_Section):
 class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
-    max_body_bytes: int = 25 * 1024 * 1024
-    max_batch_images: int = 16
+    max_body_bytes: int = Field(25 * 1024 * 1024, gt=0)
+    max_batch_images: int = Field(16, gt=0)
+    # Until a model registry exists: null -> $RAYDETECT_MODEL_URI, then <workdir>/models/production.
+    model_uri: str | None = None
+    api_key_file: str | None = None  # secret file (first line); $RAYDETECT_API_KEY wins; neither -> auth off
+    audit_log: str | None = None  # JSON lines; null -> <workdir>/serve/audit.jsonl; "-" -> not written
+    max_batch_size: int = Field(16, gt=0)  # @serve.batch; 1 turns dynamic batching off
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, gt=0)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    max_ongoing_requests: int = Field(32, gt=0)
+    replica_num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float | None = None  # per model replica; null -> 1 when the cluster has GPUs, else 0
+    torch_threads: int | None = None  # null -> the replica's CPU share (at least 1)
+    ingress_replicas: int = Field(1, gt=0)
+    ingress_num_cpus: float = Field(0.25, ge=0)
+    max_overlay_pixels: int = Field(16_000_000, gt=0)  # explain overlays larger than this are scaled down
 
 
 class Settings(_Section):

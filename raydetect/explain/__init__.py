@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM heatmaps (and, later, attributions and DIRE maps)."""

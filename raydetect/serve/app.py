@@ -1,0 +1,716 @@
+"""The online detector: a Ray Serve application with a FastAPI ingress and a batched model deployment.
+
+```
+HTTP -> Serve proxy -> RayDetectAPI (FastAPI: auth, body limit, safe decode, crop, audit log)
+                          -> DetectorModel (@serve.batch: normalise + forward, Grad-CAM; autoscaled)
+```
+
+- The ingress decodes every upload with the shared safe decoder (`raydetect.data.images.decode_image`:
+  format sniffing, pixel cap, EXIF) and answers bad input with a 4xx JSON `{"error", "detail",
+  "request_id"}`; it never fetches URLs. It sends the model a `uint8` centre crop at the model's input size,
+  so a batch of 16 crosses the process boundary as 2.4 MB, not as decoded photos.
+- `DetectorModel` loads the model directory (`raydetect.models.bundle`) once per replica from
+  `user_config["model_uri"]`; changing `user_config` (a new `model_uri`, or a new `revision` for a moved
+  alias) reloads it in place through `reconfigure`, without restarting replicas. `max_batch_size` and
+  `batch_wait_timeout_s` in `user_config` retune dynamic batching live (`max_batch_size: 1` turns it off).
+- Until a model registry exists, the model comes from: the builder's `model_uri`, else
+  `$RAYDETECT_MODEL_URI`, else `serve.model_uri` in the config, else `<workdir>/models/production`.
+
+`app_builder` is the `import_path` target of `serve_config.yaml` (`serve run` / `serve deploy`);
+`build_app(settings, model_uri)` is the Python entry point (tests, `raydetect serve`, benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.concurrency import run_in_threadpool
+
+from raydetect.config import Settings, load_settings
+from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
+from raydetect.serve.security import AuditLog, bearer_token, load_api_key, request_id
+
+logger = logging.getLogger("ray.serve")
+
+MODEL_DEPLOYMENT = "DetectorModel"
+INGRESS_DEPLOYMENT = "RayDetectAPI"
+MODEL_URI_ENV = "RAYDETECT_MODEL_URI"
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_BATCH_WAIT_S = 0.01
+
+# Decode failures -> HTTP status. Everything an uploader can cause is a 4xx.
+DECODE_STATUS = {
+    "empty": 400,
+    "too_large": 413,
+    "unsupported_format": 415,
+    "too_many_pixels": 413,
+    "truncated": 422,
+    "corrupt": 422,
+}
+
+
+# --- plain helpers (no Ray) --------------------------------------------------------------------------
+
+
+def resolve_model_uri(settings: Settings, explicit: str | None = None) -> str:
+    """builder/CLI value > $RAYDETECT_MODEL_URI > serve.model_uri > <workdir>/models/production."""
+    from raydetect import storage
+
+    uri = explicit or os.environ.get(MODEL_URI_ENV) or settings.serve.model_uri
+    if not uri:
+        uri = str(settings.workdir_path / "models" / "production")
+    return uri if storage.is_s3(uri) else str(Path(uri).expanduser().resolve())
+
+
+def crop_for_model(image, size: int) -> np.ndarray:
+    """The uint8 HWC centre crop the model normalises: the first half of `transforms.preprocess`."""
+    from raydetect.data.transforms import resize_center_crop
+
+    return np.ascontiguousarray(np.asarray(resize_center_crop(image, size).convert("RGB"), dtype=np.uint8))
+
+
+def _decode_and_crop(data: bytes, limits: DecodeLimits, size: int | None):
+    """Safe decode, then the model crop when the model's input size is known (one worker-thread hop)."""
+    image = decode_image(data, limits)
+    return image, (crop_for_model(image, size) if size else None)
+
+
+def normalise_crops(crops: list[np.ndarray], mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """uint8 HWC crops -> NCHW float32, exactly as `transforms.preprocess` does it."""
+    from PIL import Image
+
+    from raydetect.data.transforms import to_normalized_array
+
+    return np.stack([to_normalized_array(Image.fromarray(crop), mean, std) for crop in crops])
+
+
+class ApiError(Exception):
+    """A request the API refuses: always a 4xx with a stable `reason` code."""
+
+    def __init__(self, status: int, reason: str, detail: str, request_id: str = "", headers: dict | None = None):
+        super().__init__(f"{status} {reason}: {detail}")
+        self.status, self.reason, self.detail, self.request_id = status, reason, detail, request_id
+        self.headers = headers
+
+
+# --- response schemas (OpenAPI) ------------------------------------------------------------------------
+
+
+class Prediction(BaseModel):
+    request_id: str
+    sha256: str = Field(description="SHA-256 of the image file's bytes")
+    prob_ai: float = Field(ge=0, le=1, description="P(AI-generated)")
+    decision: str = Field(description="real | ai | review (uncertain band, for a person)")
+    threshold: float
+    model_name: str
+    model_version: str
+    scored_at: str
+    latency_ms: float
+    width: int
+    height: int
+    filename: str | None = None
+
+
+class BatchItem(BaseModel):
+    index: int
+    filename: str | None = None
+    sha256: str | None = None
+    prob_ai: float | None = None
+    decision: str | None = None
+    threshold: float | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    error: str | None = Field(None, description="null, or why this image could not be scored (reason: detail)")
+
+
+class BatchPrediction(BaseModel):
+    request_id: str
+    count: int
+    errors: int
+    latency_ms: float
+    scored_at: str
+    results: list[BatchItem]
+
+
+class ExplainResponse(Prediction):
+    reason: str = Field(description="one line: the decision and where the Grad-CAM evidence sits")
+    overlay_png_base64: str = Field(description="PNG of the image with the Grad-CAM heat drawn over it")
+    overlay_width: int
+    overlay_height: int
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="stable reason code, e.g. truncated, unsupported_format, unauthorized")
+    detail: str
+    request_id: str
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    name: str
+    version: str
+    backbone: str
+    image_size: int
+    threshold: float
+    review_band: list[float]
+    model_uri: str
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside a replica (direct use in tests)
+        return f"pid-{os.getpid()}"
+
+
+# --- the model deployment -----------------------------------------------------------------------------
+
+
+@serve.deployment(name=MODEL_DEPLOYMENT, max_ongoing_requests=32)
+class DetectorModel:
+    """One loaded detector per replica; dynamic batching of single-image calls."""
+
+    def __init__(self, device: str = "auto", torch_threads: int | None = None):
+        import torch
+
+        threads = torch_threads or max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+        torch.set_num_threads(threads)
+        self.device, self.torch_threads = device, threads
+        self.detector = None
+        self.model_uri: str | None = None
+        self.revision: Any = None
+        self.loaded_at: str | None = None
+        self._lock = threading.Lock()  # one model call at a time: Grad-CAM hooks must not see predictions
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve calls this at start and on every `user_config` change: (re)load the model if its URI or
+        revision changed, and retune dynamic batching."""
+        from raydetect.models.bundle import Detector
+
+        config = dict(config or {})
+        uri = config.get("model_uri")
+        if not uri:
+            raise ValueError("DetectorModel needs user_config.model_uri (a raydetect model directory)")
+        if uri != self.model_uri or config.get("revision") != self.revision or self.detector is None:
+            detector = Detector.load(uri, device=self.device)
+            with self._lock:
+                self.detector, self.model_uri, self.revision = detector, uri, config.get("revision")
+                self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+            card = detector.card
+            self._warm_up()
+            logger.info("DetectorModel loaded %s %s from %s on %s", card.name, card.version, uri, detector.device)
+        self.predict.set_max_batch_size(int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
+        self.predict.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S)))
+
+    def _warm_up(self) -> None:
+        """One prediction and the Grad-CAM imports now, so the first caller does not pay for them."""
+        import pytorch_grad_cam  # noqa: F401 - imports cv2/scipy: seconds, once
+
+        size = self.detector.card.image_size
+        self._predict_sync([np.zeros((size, size, 3), dtype=np.uint8)])
+
+    def check_health(self) -> None:
+        if self.detector is None:
+            raise RuntimeError("no model loaded")
+
+    async def info(self) -> dict[str, Any]:
+        card = self.detector.card
+        return {
+            "name": card.name,
+            "version": card.version,
+            "backbone": card.backbone,
+            "image_size": card.image_size,
+            "mean": list(card.mean),
+            "std": list(card.std),
+            "threshold": card.threshold,
+            "review_band": list(card.review_band),
+            "metrics": card.metrics,
+            "created_at": card.created_at,
+            "model_uri": self.model_uri,
+            "revision": self.revision,
+            "loaded_at": self.loaded_at,
+            "device": str(self.detector.device),
+            "torch_threads": self.torch_threads,
+            "replica": _replica_id(),
+            "pid": os.getpid(),
+            "max_batch_size": self.predict._get_max_batch_size(),
+            "batch_wait_timeout_s": self.predict._get_batch_wait_timeout_s(),
+        }
+
+    def _predict_sync(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
+        with self._lock:
+            detector = self.detector
+            card = detector.card
+            size = card.image_size
+            out: list[dict[str, Any]] = [{"stale": True, "image_size": size} for _ in crops]
+            good = [i for i, crop in enumerate(crops) if crop.shape == (size, size, 3)]
+            if good:
+                batch = normalise_crops([crops[i] for i in good], tuple(card.mean), tuple(card.std))
+                probs = detector.predict(batch)
+                for i, prob in zip(good, probs, strict=True):
+                    prob = float(prob)
+                    out[i] = {
+                        "prob_ai": prob,
+                        "decision": card.decide(prob),
+                        "threshold": float(card.threshold),
+                        "model_name": card.name,
+                        "model_version": str(card.version),
+                    }
+            return [dict(item, batch_size=len(good)) for item in out]
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def predict(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
+        """P(AI) for a uint8 HWC crop at the model's input size (`{"stale": True}` when the size is not the
+        current model's, e.g. right after a reload: the caller re-crops and retries)."""
+        return await asyncio.to_thread(self._predict_sync, crops)
+
+    def _explain_sync(self, crop: np.ndarray) -> dict[str, Any]:
+        from raydetect.explain.gradcam import gradcam_map, signed_target
+
+        with self._lock:
+            detector = self.detector
+            card = detector.card
+            if crop.shape != (card.image_size, card.image_size, 3):
+                return {"stale": True, "image_size": card.image_size}
+            batch = normalise_crops([crop], tuple(card.mean), tuple(card.std))
+            prob = float(detector.predict(batch)[0])
+            cam = gradcam_map(detector.model, batch, signed_target(prob, card.threshold))
+        return {
+            "prob_ai": prob,
+            "decision": card.decide(prob),
+            "threshold": float(card.threshold),
+            "model_name": card.name,
+            "model_version": str(card.version),
+            "cam": cam.astype(np.float32),
+        }
+
+    async def explain(self, crop: np.ndarray) -> dict[str, Any]:
+        """The prediction plus the Grad-CAM map (crop-sized, in [0, 1]) for one crop."""
+        return await asyncio.to_thread(self._explain_sync, crop)
+
+
+# --- the HTTP ingress -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngressOptions:
+    """What the ingress needs from the settings (picklable; no secrets: only the key *file* path)."""
+
+    limits: DecodeLimits
+    max_body_bytes: int
+    max_batch_images: int
+    max_overlay_pixels: int
+    api_key_file: str | None
+    audit_log: str | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngressOptions:
+        s = settings.serve
+        audit = s.audit_log or str(settings.workdir_path / "serve" / "audit.jsonl")
+        key_file = str(Path(s.api_key_file).expanduser().resolve()) if s.api_key_file else None
+        return cls(
+            limits=DecodeLimits.from_settings(settings.images),
+            max_body_bytes=s.max_body_bytes,
+            max_batch_images=s.max_batch_images,
+            max_overlay_pixels=s.max_overlay_pixels,
+            api_key_file=key_file,
+            audit_log=str(Path(audit).expanduser().resolve()) if audit != "-" else None,
+        )
+
+
+api = FastAPI(
+    title="raydetect",
+    summary="Tell AI-generated images from real photographs.",
+    description=(
+        "Upload one image (multipart `file`, or the raw bytes as the body) and get P(AI), a decision "
+        "(`real` / `ai` / `review`) and the model that made it. JPEG, PNG and WebP; bad input is a 4xx "
+        "JSON error with a reason. When an API key is configured, every `/v1` route needs "
+        "`Authorization: Bearer <key>`."
+    ),
+    version="1",
+)
+_bearer = HTTPBearer(auto_error=False, description="the API key (when one is configured)")
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            }
+        },
+    }
+}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422)}
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    body = {"error": exc.reason, "detail": exc.detail, "request_id": exc.request_id}
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def _serve_request_id(request: Request) -> str:
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        candidate = _get_serve_request_context().request_id
+    except Exception:  # noqa: BLE001 - private API; fall back to the header / a fresh id
+        candidate = ""
+    return request_id(candidate or request.headers.get("x-request-id"))
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("prob_ai", "decision", "threshold", "model_name", "model_version")
+    return {key: result[key] for key in keys}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _render_overlay(image, cam: np.ndarray, result: dict[str, Any], max_pixels: int):
+    """The overlay PNG at the image's size (scaled down only past `max_pixels`), and the one-line reason."""
+    from PIL import Image
+
+    from raydetect.explain.gradcam import cam_to_image, describe, overlay, png_bytes
+
+    heat = cam_to_image(cam, image.size)
+    reason = describe(heat, result["prob_ai"], result["decision"], result["threshold"])
+    if image.width * image.height > max_pixels:
+        scale = (max_pixels / (image.width * image.height)) ** 0.5
+        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+        heat = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.Resampling.BILINEAR))
+    return png_bytes(overlay(image, heat)), image.size, reason
+
+
+@serve.deployment(name=INGRESS_DEPLOYMENT, max_ongoing_requests=128)
+@serve.ingress(api)
+class RayDetectAPI:
+    """HTTP front door: auth, body limit, safe decoding, audit log; the model runs in `DetectorModel`."""
+
+    def __init__(self, model: DeploymentHandle, options: IngressOptions):
+        self.model = model
+        self.options = options
+        self.api_key = load_api_key(options.api_key_file)
+        self.audit = AuditLog(options.audit_log)
+        self._image_size: int | None = None
+        self._page = resources.files("raydetect.serve").joinpath("static/index.html").read_text()
+        import raydetect.explain.gradcam  # noqa: F401 - import the overlay code before the first request
+        auth = f"on ({self.api_key.source})" if self.api_key else "off"
+        logger.info("RayDetectAPI ready: API key auth %s; audit log %s", auth, options.audit_log or "memory")
+
+    # -- request plumbing --
+
+    def _authorize(self, request: Request, rid: str, route: str) -> None:
+        if self.api_key is None:
+            return
+        if not self.api_key.matches(bearer_token(request.headers.get("authorization"))):
+            self.audit.write(event="unauthorized", request_id=rid, client=self._client(request), route=route,
+                             status=401)
+            raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer <key>)", rid,
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    @staticmethod
+    def _client(request: Request) -> str | None:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            return forwarded.split(",")[0].strip()[:64]
+        return request.client.host if request.client else None
+
+    async def _read_body(self, request: Request, rid: str) -> bytes:
+        limit = self.options.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                declared_len = int(declared)
+            except ValueError:
+                raise ApiError(400, "bad_request", "Content-Length is not a number", rid) from None
+            if declared_len > limit:
+                raise ApiError(413, "too_large", f"the body ({declared_len} bytes) is over the {limit}-byte limit", rid)
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, "too_large", f"the body is over the {limit}-byte limit", rid)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _uploads(self, request: Request, rid: str, max_files: int) -> list[tuple[str | None, bytes]]:
+        """(filename, bytes) of each uploaded image: multipart files, or the raw body as one image."""
+        mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await self._read_body(request, rid)
+        if mime == "multipart/form-data":
+            from starlette.datastructures import UploadFile
+
+            async def replay() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            try:
+                form = await Request(request.scope, replay).form(max_files=max_files, max_fields=16)
+            except Exception as exc:  # noqa: BLE001 - any multipart parser complaint is the caller's
+                detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
+                reason = "too_many_images" if "Too many files" in str(detail) else "bad_multipart"
+                raise ApiError(400, reason, f"the multipart body could not be parsed ({detail})", rid) from None
+            files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+            uploads = [(f.filename, await f.read()) for f in files]
+            await form.close()
+            if not uploads:
+                raise ApiError(400, "no_file", "the multipart body holds no file part", rid)
+            return uploads
+        if mime in ("", "application/octet-stream") or mime.startswith("image/"):
+            return [(None, body)]
+        raise ApiError(
+            415, "unsupported_media_type",
+            f"send the image as multipart/form-data, image/* or application/octet-stream (got {mime!r})", rid,
+        )
+
+    async def _decode(self, data: bytes, rid: str):
+        """The decoded image and, in the same worker-thread hop, its crop at the model's size (when known)."""
+        try:
+            return await run_in_threadpool(_decode_and_crop, data, self.options.limits, self._image_size)
+        except ImageDecodeError as exc:
+            raise ApiError(DECODE_STATUS.get(exc.reason, 422), exc.reason, exc.message, rid) from None
+
+    async def _model_image_size(self, refresh: bool = False) -> int:
+        if self._image_size is None or refresh:
+            self._image_size = int((await self.model.info.remote())["image_size"])
+        return self._image_size
+
+    async def _call_model(self, method: str, decoded) -> dict[str, Any]:
+        """Call the model with the crop at its input size; re-crop when the model was swapped meanwhile."""
+        image, crop = decoded
+        for attempt in range(3):
+            size = await self._model_image_size(refresh=attempt > 0)
+            if crop is None or crop.shape[0] != size:
+                crop = await run_in_threadpool(crop_for_model, image, size)
+            result = await getattr(self.model, method).remote(crop)
+            if not result.get("stale"):
+                return result
+        raise RuntimeError("the model's input size kept changing while this request was served")
+
+    def _reject(self, exc: ApiError, request: Request, route: str, sha: str | None = None) -> None:
+        self.audit.write(event="rejected", request_id=exc.request_id, client=self._client(request), route=route,
+                         sha256=sha, status=exc.status, reason=exc.reason)
+
+    async def _one_image(self, request: Request, rid: str, route: str):
+        uploads = await self._uploads(request, rid, max_files=1)
+        if len(uploads) != 1:
+            raise ApiError(400, "too_many_images", f"{route} takes one image; use /v1/predict/batch", rid)
+        filename, data = uploads[0]
+        sha = sha256_hex(data) if data else None
+        try:
+            decoded = await self._decode(data, rid)
+        except ApiError as exc:
+            self._reject(exc, request, route, sha)
+            raise
+        return filename, data, sha, decoded
+
+    def _record(self, event: str, request: Request, rid: str, route: str, sha: str, result: dict, ms: float):
+        self.audit.write(event=event, request_id=rid, client=self._client(request), route=route, sha256=sha,
+                         prob_ai=round(result["prob_ai"], 6), decision=result["decision"],
+                         model_name=result["model_name"], model_version=result["model_version"], latency_ms=ms,
+                         status=200)
+
+    # -- routes --
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(self._page)
+
+    @api.get("/healthz", summary="Liveness and readiness (no auth)")
+    async def healthz(self) -> JSONResponse:
+        try:
+            info = await asyncio.wait_for(self.model.info.remote(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - not ready is an answer, not a crash
+            return JSONResponse({"status": "unavailable", "detail": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "model_loaded": bool(info.get("version") is not None)})
+
+    @api.get("/v1/model", response_model=ModelInfo, responses=_ERRORS, dependencies=[Depends(_bearer)],
+             summary="The model being served: name, version, threshold, preprocessing, batching")
+    async def model_info(self, request: Request) -> dict[str, Any]:
+        rid = _serve_request_id(request)
+        self._authorize(request, rid, "/v1/model")
+        info = await self.model.info.remote()
+        self._image_size = int(info["image_size"])
+        auth = {"api_key": self.api_key is not None}
+        limits = {"max_body_bytes": self.options.max_body_bytes, "max_batch_images": self.options.max_batch_images,
+                  "max_pixels": self.options.limits.max_pixels,
+                  "allowed_formats": list(self.options.limits.allowed_formats)}
+        ingress = {"replica": _replica_id(), "pid": os.getpid()}
+        return {**info, "auth": auth, "limits": limits, "ingress": ingress}
+
+    @api.post("/v1/predict", response_model=Prediction, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
+              dependencies=[Depends(_bearer)], summary="Score one image")
+    async def predict(self, request: Request) -> dict[str, Any]:
+        start = time.perf_counter()
+        rid = _serve_request_id(request)
+        self._authorize(request, rid, "/v1/predict")
+        filename, _, sha, decoded = await self._one_image(request, rid, "/v1/predict")
+        image = decoded[0]
+        result = await self._call_model("predict", decoded)
+        ms = _ms(start)
+        self._record("predict", request, rid, "/v1/predict", sha, result, ms)
+        return {"request_id": rid, "sha256": sha, **_public(result), "scored_at": _now(), "latency_ms": ms,
+                "width": image.width, "height": image.height, "filename": filename}
+
+    @api.post("/v1/predict/batch", response_model=BatchPrediction, responses=_ERRORS, openapi_extra=_BATCH_BODY,
+              dependencies=[Depends(_bearer)], summary="Score up to serve.max_batch_images images (multipart)")
+    async def predict_batch(self, request: Request) -> dict[str, Any]:
+        start = time.perf_counter()
+        rid = _serve_request_id(request)
+        route = "/v1/predict/batch"
+        self._authorize(request, rid, route)
+        mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if mime != "multipart/form-data":
+            raise ApiError(415, "unsupported_media_type", f"send the images as multipart/form-data (got {mime!r})",
+                           rid)
+        limit = self.options.max_batch_images
+        uploads = await self._uploads(request, rid, max_files=limit)
+        if len(uploads) > limit:
+            raise ApiError(400, "too_many_images", f"{len(uploads)} images; at most {limit} per request", rid)
+
+        async def one(index: int, filename: str | None, data: bytes) -> dict[str, Any]:
+            sha = sha256_hex(data) if data else None
+            try:
+                decoded = await self._decode(data, rid)
+            except ApiError as exc:
+                self._reject(exc, request, route, sha)
+                return {"index": index, "filename": filename, "sha256": sha, "error": f"{exc.reason}: {exc.detail}"}
+            result = await self._call_model("predict", decoded)
+            self._record("predict_batch", request, rid, route, sha, result, _ms(start))
+            return {"index": index, "filename": filename, "sha256": sha, **_public(result), "error": None}
+
+        results = await asyncio.gather(*(one(i, name, data) for i, (name, data) in enumerate(uploads)))
+        if all(r["error"] is not None for r in results):  # nothing scored: the request as a whole is bad
+            why = "; ".join(f"#{r['index']} {r['error']}" for r in results)
+            raise ApiError(422, "no_valid_images", f"none of the {len(results)} images could be scored ({why})",
+                           rid)
+        return {"request_id": rid, "count": len(results), "errors": sum(r["error"] is not None for r in results),
+                "latency_ms": _ms(start), "scored_at": _now(), "results": results}
+
+    @api.post("/v1/explain", response_model=ExplainResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
+              dependencies=[Depends(_bearer)], summary="Score one image and show why (Grad-CAM overlay)")
+    async def explain(self, request: Request) -> dict[str, Any]:
+        start = time.perf_counter()
+        rid = _serve_request_id(request)
+        self._authorize(request, rid, "/v1/explain")
+        filename, _, sha, decoded = await self._one_image(request, rid, "/v1/explain")
+        image = decoded[0]
+        result = await self._call_model("explain", decoded)
+        png, size, reason = await run_in_threadpool(
+            _render_overlay, image, result["cam"], result, self.options.max_overlay_pixels
+        )
+        ms = _ms(start)
+        self._record("explain", request, rid, "/v1/explain", sha, result, ms)
+        return {"request_id": rid, "sha256": sha, **_public(result), "scored_at": _now(), "latency_ms": ms,
+                "width": image.width, "height": image.height, "filename": filename, "reason": reason,
+                "overlay_png_base64": base64.b64encode(png).decode("ascii"), "overlay_width": size[0],
+                "overlay_height": size[1]}
+
+
+# --- building the application ------------------------------------------------------------------------
+
+
+def _gpus_per_replica(settings: Settings) -> float:
+    if settings.serve.num_gpus is not None:
+        return float(settings.serve.num_gpus)
+    if settings.device == "cpu":
+        return 0.0
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        import torch
+
+        return 1.0 if torch.cuda.is_available() else 0.0
+    except Exception:  # noqa: BLE001 - no GPU information means no GPU request
+        return 0.0
+
+
+def build_app(settings: Settings | None = None, model_uri: str | None = None) -> serve.Application:
+    """The Serve application for `settings` (defaults when None) serving the model at `model_uri`."""
+    settings = settings or load_settings()
+    s = settings.serve
+    if s.max_ongoing_requests < s.max_batch_size:
+        raise ValueError(
+            f"serve.max_ongoing_requests ({s.max_ongoing_requests}) must be >= serve.max_batch_size "
+            f"({s.max_batch_size}), or batches can never fill"
+        )
+    user_config = {
+        "model_uri": resolve_model_uri(settings, model_uri),
+        "max_batch_size": s.max_batch_size,
+        "batch_wait_timeout_s": s.batch_wait_timeout_s,
+    }
+    model = DetectorModel.options(
+        autoscaling_config={
+            "min_replicas": s.min_replicas,
+            "max_replicas": s.max_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests,
+        },
+        max_ongoing_requests=s.max_ongoing_requests,
+        ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": _gpus_per_replica(settings)},
+        user_config=user_config,
+    ).bind(device=settings.device, torch_threads=s.torch_threads)
+    ingress = RayDetectAPI.options(
+        num_replicas=s.ingress_replicas,
+        max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),
+        ray_actor_options={"num_cpus": s.ingress_num_cpus},
+    )
+    return ingress.bind(model, IngressOptions.from_settings(settings))
+
+
+class AppArgs(BaseModel):
+    """Arguments of `app_builder` (the `args:` of an application in serve_config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_uri: str | None = Field(None, description="model directory (local or s3://); see resolve_model_uri")
+    config: str | None = Field(None, description="a raydetect YAML config file")
+    overrides: list[str] = Field(default_factory=list, description="section.key=value overrides")
+
+
+def app_builder(args: dict[str, Any] | AppArgs | None = None) -> serve.Application:
+    """`import_path: raydetect.serve.app:app_builder` (for `serve run` / `serve deploy`)."""
+    parsed = args if isinstance(args, AppArgs) else AppArgs.model_validate(dict(args or {}))
+    settings = load_settings(parsed.config, parsed.overrides)
+    return build_app(settings, parsed.model_uri)
+
+
+__all__ = ["AppArgs", "DetectorModel", "IngressOptions", "RayDetectAPI", "api", "app_builder", "build_app"]

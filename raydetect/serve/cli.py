@@ -1,0 +1,49 @@
+"""`raydetect serve`: run the online detector locally (Ray Serve) and print its URL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from raydetect.cli import ConfigOption, SetOption, settings_from
+
+
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model directory (local or s3://). Default: $RAYDETECT_MODEL_URI, "
+                     "serve.model_uri, then <workdir>/models/production."),
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default serve.port, 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1; 0.0.0.0 = all).")] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the API key (or set $RAYDETECT_API_KEY). Without either: no auth."),
+    ] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Serve a model over HTTP on this machine: web page at /, API at /v1, docs at /docs. Ctrl-C stops it."""
+    from raydetect.serve.local import start_local, stop_local
+
+    key_file = str(api_key_file.expanduser().resolve()) if api_key_file else None
+    settings = settings_from(
+        config, overrides, **{"serve.port": port, "serve.host": host, "serve.api_key_file": key_file}
+    )
+    try:
+        url = start_local(settings, model)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        stop_local()
+        raise typer.Exit(1) from None
+    typer.echo(f"Serving at {url}  (API docs: {url}docs, health: {url}healthz). Press Ctrl-C to stop.")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        typer.echo("stopping …")
+    finally:
+        stop_local()

@@ -1,0 +1,281 @@
+"""The serving API over real HTTP, on a real Serve app on the shared Ray cluster.
+
+One app (tiny CNN, auth off, 1 MB body limit) serves every test in this file. Reloading through
+`user_config` is tested with the config file in test_serve_config.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import struct
+import zlib
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serve_support import (
+    deploy,
+    direct_prediction,
+    encode,
+    jpeg_with_orientation,
+    make_model,
+    photo,
+    serve_instance,
+    settings_for_tests,
+    wait_ready,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    tmp = tmp_path_factory.mktemp("serve_api")
+    model1 = make_model(tmp / "model1", "tinycnn", image_size=64, version="1", seed=1)
+    settings = settings_for_tests(tmp)
+    with serve_instance() as url:
+        deploy(settings, model1)
+        wait_ready(url)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield {"url": url, "client": client, "model1": model1, "settings": settings,
+                   "audit": tmp / "audit.jsonl"}
+
+
+def _images() -> dict[str, bytes]:
+    return {
+        "photo.png": encode(photo(0, (96, 72)), "PNG"),
+        "photo.jpg": encode(photo(1, (80, 120)), "JPEG", quality=90),
+        "photo.webp": encode(photo(2, (64, 64)), "WEBP", quality=85),
+        "rotated.jpg": jpeg_with_orientation(photo(3, (100, 60)), orientation=6),
+        "small.png": encode(photo(4, (20, 30)), "PNG"),
+    }
+
+
+def test_predict_equals_direct_model_calls(server):
+    client, model = server["client"], server["model1"]
+    for name, data in _images().items():
+        prob, decision = direct_prediction(model, data)
+        raw = client.post("/v1/predict", content=data, headers={"Content-Type": "application/octet-stream"})
+        multipart = client.post("/v1/predict", files={"file": (name, data, "image/png")})
+        for response in (raw, multipart):
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["prob_ai"] == pytest.approx(prob, abs=1e-5), name
+            assert body["decision"] == decision
+            assert body["threshold"] == 0.5
+            assert (body["model_name"], body["model_version"]) == ("test-detector", "1")
+            assert body["sha256"] == __import__("hashlib").sha256(data).hexdigest()
+            assert body["latency_ms"] > 0 and body["request_id"]
+        assert multipart.json()["filename"] == name
+    rotated = client.post("/v1/predict", content=_images()["rotated.jpg"]).json()
+    assert (rotated["width"], rotated["height"]) == (60, 100)  # EXIF orientation applied before scoring
+
+
+def test_batch_endpoint(server):
+    client, model = server["client"], server["model1"]
+    images = list(_images().items())[:3]
+    files = [("files", (name, data, "application/octet-stream")) for name, data in images]
+    files.append(("files", ("broken.jpg", images[1][1][:200], "image/jpeg")))
+    response = client.post("/v1/predict/batch", files=files)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["count"] == 4 and body["errors"] == 1
+    for item, (name, data) in zip(body["results"], images, strict=False):
+        assert item["filename"] == name and item["error"] is None
+        assert item["prob_ai"] == pytest.approx(direct_prediction(model, data)[0], abs=1e-5)
+    assert body["results"][3]["error"].startswith("truncated") and body["results"][3]["prob_ai"] is None
+
+    too_many = [("files", (f"{i}.png", images[0][1], "image/png")) for i in range(5)]  # limit is 4
+    response = client.post("/v1/predict/batch", files=too_many)
+    assert response.status_code == 400 and response.json()["error"] == "too_many_images"
+    raw = client.post("/v1/predict/batch", content=images[0][1], headers={"Content-Type": "image/png"})
+    assert raw.status_code == 415
+
+
+def test_explain_returns_overlay_png_of_the_image_size(server):
+    client, model = server["client"], server["model1"]
+    data = _images()["photo.jpg"]  # 80 x 120
+    response = client.post("/v1/explain", files={"file": ("photo.jpg", data, "image/jpeg")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    png = base64.b64decode(body["overlay_png_base64"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    overlay = Image.open(io.BytesIO(png))
+    assert overlay.size == (80, 120) == (body["overlay_width"], body["overlay_height"])
+    assert body["prob_ai"] == pytest.approx(direct_prediction(model, data)[0], abs=1e-5)
+    assert body["reason"].startswith("P(AI) = ") and "\n" not in body["reason"]
+
+
+def test_model_info_health_docs_and_page(server):
+    client = server["client"]
+    info = client.get("/v1/model").json()
+    assert info["version"] == "1" and info["backbone"] == "tinycnn" and info["image_size"] == 64
+    assert info["max_batch_size"] == 16 and info["auth"] == {"api_key": False}
+    assert info["limits"]["max_body_bytes"] == 1_000_000
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/predict", "/v1/predict/batch", "/v1/explain", "/v1/model", "/healthz"} <= set(paths)
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "v1/explain" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN, nothing external
+
+
+def test_audit_log_has_one_line_per_prediction_and_no_image_bytes(server):
+    client, audit = server["client"], server["audit"]
+    before = audit.read_text().splitlines() if audit.exists() else []
+    data = _images()["photo.png"]
+    response = client.post("/v1/predict", content=data, headers={"X-Forwarded-For": "203.0.113.7"})
+    assert response.status_code == 200
+    lines = audit.read_text().splitlines()[len(before):]
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["event"] == "predict" and record["request_id"] == response.json()["request_id"]
+    assert record["sha256"] == response.json()["sha256"] and record["client"] == "203.0.113.7"
+    assert record["model_version"] == "1" and record["decision"] == response.json()["decision"]
+    assert {"time", "prob_ai", "latency_ms"} <= set(record)
+    text = audit.read_text()
+    assert base64.b64encode(data[:48]).decode() not in text and "PNG" not in text
+
+
+# --- fuzzing: malformed bodies must all be 4xx, never 5xx ----------------------------------------------
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + _png_chunk(b"IEND", b""))
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    data = bytearray(encode(photo(5, (32, 32)), "JPEG", quality=80))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _webp_claiming(width: int, height: int) -> bytes:
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\0\0\0\0" + (width - 1).to_bytes(3, "little") + (
+        height - 1).to_bytes(3, "little")
+    return b"RIFF" + struct.pack("<I", 4 + len(vp8x)) + b"WEBP" + vp8x
+
+
+def _fuzz_cases() -> list[tuple[str, str, dict, object]]:
+    """(label, path, headers, body) tuples; every body is invalid by construction."""
+    rng = random.Random(7)
+    good_png = encode(photo(6, (64, 48)), "PNG")
+    good = {"JPEG": encode(photo(6, (64, 48)), "JPEG", quality=90), "PNG": good_png,
+            "WEBP": encode(photo(6, (64, 48)), "WEBP", quality=80)}
+    raw = {"Content-Type": "application/octet-stream"}
+    cases: list[tuple[str, str, dict, object]] = []
+    for i in range(40):
+        cases.append((f"random{i}", "/v1/predict", raw, rng.randbytes(rng.randint(1, 4000))))
+    magics = [b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"RIFF\x10\x00\x00\x00WEBP", b"GIF89a", b"BM", b"II*\x00"]
+    for i in range(36):
+        cases.append((f"magic{i}", "/v1/predict", {"Content-Type": "image/png"},
+                      magics[i % len(magics)] + rng.randbytes(rng.randint(0, 3000))))
+    for fmt, data in good.items():
+        for k, frac in enumerate(np.linspace(0.03, 0.92, 24 if fmt != "WEBP" else 10)):
+            cases.append((f"truncated-{fmt}-{k}", "/v1/predict", raw, data[: int(len(data) * frac)]))
+    for w, h in [(100_000, 100_000), (65_535, 65_535), (50_000, 100), (2_001, 2_001), (1, 10_000_000)]:
+        cases.append((f"png-claims-{w}x{h}", "/v1/predict", raw, _png_claiming(w, h)))
+        cases.append((f"png-claims-{w}x{h}-explain", "/v1/explain", raw, _png_claiming(w, h)))
+    for w, h in [(65_000, 65_000), (30_000, 2_000)]:
+        cases.append((f"jpeg-claims-{w}x{h}", "/v1/predict", raw, _jpeg_claiming(w, h)))
+    for w, h in [(16_383, 16_383), (16_000, 300)]:
+        cases.append((f"webp-claims-{w}x{h}", "/v1/predict", raw, _webp_claiming(w, h)))
+    bomb = encode(np.zeros((2_100, 2_100, 3), dtype=np.uint8), "PNG")  # 4.4 MP, over the 4 MP test cap
+    cases.append(("real-bomb", "/v1/predict", raw, bomb))
+    cases.append(("real-bomb-explain", "/v1/explain", raw, bomb))
+    other_formats = {"GIF": {}, "BMP": {}, "TIFF": {}, "ICO": {}, "PPM": {}}
+    for fmt, params in other_formats.items():
+        cases.append((f"format-{fmt}", "/v1/predict", raw, encode(photo(7, (32, 32)), fmt, **params)))
+    wrong_types = ["text/plain", "application/json", "text/html", "application/x-www-form-urlencoded",
+                   "application/xml", "video/mp4", "audio/mpeg", "application/pdf"]
+    for ctype in wrong_types:
+        for path in ("/v1/predict", "/v1/explain", "/v1/predict/batch"):
+            cases.append((f"ctype-{ctype}-{path}", path, {"Content-Type": ctype}, good_png))
+    for ctype in ("image/png", "application/octet-stream", "image/jpeg", "multipart/form-data; boundary=x"):
+        cases.append((f"empty-{ctype}", "/v1/predict", {"Content-Type": ctype}, b""))
+        cases.append((f"empty-{ctype}-explain", "/v1/explain", {"Content-Type": ctype}, b""))
+    cases.append(("empty-no-ctype", "/v1/predict", {}, b""))
+    multipart_bad = [
+        ("multipart/form-data", good_png),  # no boundary
+        ("multipart/form-data; boundary=zzz", good_png),  # boundary never appears
+        ("multipart/form-data; boundary=zzz", b"--zzz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nhi\r\n"
+         b"--zzz--\r\n"),  # a text field, no file
+        ("multipart/form-data; boundary=zzz", b"--zzz\r\nContent-Disposition: form-data; name=\"file\"; "
+         b"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n\r\n--zzz--\r\n"),  # an empty file
+        ("multipart/form-data; boundary=zzz", b"--zzz\r\nContent-Disposition: form-data; name=\"file\"; "
+         b"filename=\"x.png\"\r\n\r\n" + good_png[:300] + b"\r\n--zzz--\r\n"),  # a truncated file
+        ("multipart/form-data; boundary=zzz", b"--zzz\r\ngarbage\r\n\r\n--zzz--"),
+        ("multipart/form-data; boundary=zzz", rng.randbytes(500)),
+    ]
+    for i, (ctype, body) in enumerate(multipart_bad):
+        for path in ("/v1/predict", "/v1/predict/batch"):
+            cases.append((f"multipart{i}-{path}", path, {"Content-Type": ctype}, body))
+    two = b"".join(
+        b"--zzz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"%d.png\"\r\n\r\n" % i + good_png + b"\r\n"
+        for i in range(2)
+    ) + b"--zzz--\r\n"
+    cases.append(("two-files-on-single", "/v1/predict", {"Content-Type": "multipart/form-data; boundary=zzz"}, two))
+    oversized = [good_png + rng.randbytes(1_000_001), rng.randbytes(1_500_000), b"\xff\xd8\xff" + bytes(1_200_000)]
+    for i, body in enumerate(oversized):
+        cases.append((f"oversized{i}", "/v1/predict", raw, body))
+    cases.append(("oversized-explain", "/v1/explain", raw, oversized[1]))
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming
+        for _ in range(30):
+            yield bytes(64 * 1024)
+
+    cases.append(("oversized-chunked", "/v1/predict", raw, chunked))
+    return cases
+
+
+def test_fuzz_malformed_bodies_get_4xx_never_5xx(server):
+    client = server["client"]
+    cases = _fuzz_cases()
+    assert len(cases) >= 200
+    failures = []
+    reasons: dict[str, int] = {}
+    for label, path, headers, body in cases:
+        content = body() if callable(body) else body
+        response = client.post(path, content=content, headers=headers)
+        ok = 400 <= response.status_code < 500
+        try:
+            payload = response.json()
+        except ValueError:
+            payload, ok = {}, False
+        ok = ok and "error" in payload and "detail" in payload
+        if not ok:
+            failures.append((label, response.status_code, response.text[:200]))
+        reasons[payload.get("error", "?")] = reasons.get(payload.get("error", "?"), 0) + 1
+    assert not failures, failures
+    assert {"truncated", "unsupported_format", "too_many_pixels", "too_large", "unsupported_media_type", "empty",
+            "bad_multipart", "no_file", "no_valid_images"} <= set(reasons), reasons
+    # and the server is still fine afterwards
+    assert client.post("/v1/predict", content=_images()["photo.png"]).status_code == 200
+
+
+def test_mutated_images_never_give_5xx(server):
+    """Bit flips inside valid images may still decode (200) or not (4xx); never a server error."""
+    client = server["client"]
+    rng = random.Random(11)
+    statuses = []
+    for i in range(30):
+        data = bytearray(list(_images().values())[i % 4])
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(20, len(data))] = rng.randrange(256)
+        statuses.append(client.post("/v1/predict", content=bytes(data)).status_code)
+    assert all(s == 200 or 400 <= s < 500 for s in statuses), statuses

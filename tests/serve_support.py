@@ -1,0 +1,137 @@
+"""Helpers for the serving tests: tiny model directories, a Serve instance on a free port, images.
+
+Used by tests/integration/test_serve_*.py and tests/e2e/test_serve_browser.py (each file starts Serve on
+the shared `ray_cluster`, deploys what it needs and shuts Serve down at the end).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from raydetect.config import Settings, load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_model(path: Path, backbone: str = "tinycnn", image_size: int = 64, version: str = "1", seed: int = 0,
+               name: str = "test-detector") -> str:
+    """A randomly initialised model directory (weights `none`), deterministic for a seed."""
+    import torch
+
+    from raydetect.models.backbones import build_backbone
+    from raydetect.models.bundle import ModelCard, save_model
+
+    torch.manual_seed(seed)
+    model = build_backbone(backbone, "none").eval()
+    card = ModelCard(backbone=backbone, name=name, version=version, image_size=image_size, threshold=0.5,
+                     review_band=[0.45, 0.55])
+    return save_model(model, card, str(path))
+
+
+def settings_for_tests(tmp: Path, **serve: Any) -> Settings:
+    """Small limits so oversized bodies are cheap; one replica of each deployment; little CPU."""
+    serve_section = {
+        "max_body_bytes": 1_000_000,
+        "max_batch_images": 4,
+        "min_replicas": 1,
+        "max_replicas": 1,
+        "replica_num_cpus": 0.5,
+        "ingress_num_cpus": 0.1,
+        "torch_threads": 1,
+        "audit_log": str(tmp / "audit.jsonl"),
+        **serve,
+    }
+    return load_settings(overrides={"workdir": str(tmp / "work"), "device": "cpu",
+                                    "images": {"max_pixels": 4_000_000}, "serve": serve_section})
+
+
+@contextmanager
+def serve_instance() -> Iterator[str]:
+    """Serve's HTTP proxy on 127.0.0.1:<free port> (on the already running Ray); yields the base URL."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def deploy(settings: Settings, model_uri: str, name: str = "raydetect", route_prefix: str = "/") -> None:
+    from ray import serve
+
+    from raydetect.serve.app import build_app
+
+    serve.run(build_app(settings, model_uri), name=name, route_prefix=route_prefix)
+
+
+def wait_ready(url: str, timeout_s: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} never became healthy")
+
+
+def photo(seed: int = 0, size: tuple[int, int] = (96, 72)) -> np.ndarray:
+    """A smooth photo-like uint8 HxWx3 array of (width, height) `size`."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    coarse = rng.uniform(0, 255, size=(height // 12 + 2, width // 12 + 2, 3)).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
+    return (smooth + rng.normal(0, 6, smooth.shape)).clip(0, 255).astype(np.uint8)
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def jpeg_with_orientation(array: np.ndarray, orientation: int = 6) -> bytes:
+    """A JPEG whose EXIF says 'rotate when showing' (6 = 90° clockwise)."""
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def direct_prediction(model_uri: str, data: bytes) -> tuple[float, str]:
+    """What calling the model directly gives: safe decode -> preprocess -> Detector.predict."""
+    from raydetect.data.images import decode_image
+    from raydetect.data.transforms import preprocess
+    from raydetect.models.bundle import Detector
+
+    detector = Detector.load(model_uri, device="cpu")
+    card = detector.card
+    image = decode_image(data)
+    prob = float(detector.predict(preprocess(image, card.image_size, tuple(card.mean), tuple(card.std))[None])[0])
+    return prob, card.decide(prob)
+
+
+def ray_log_dir() -> Path:
+    import ray
+
+    return Path(ray._private.worker._global_node.get_logs_dir_path())

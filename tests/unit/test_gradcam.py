@@ -1,0 +1,120 @@
+"""Grad-CAM for one-logit detectors (no Ray): maps, their placement on the image, overlays, reasons."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raydetect.data.transforms import resize_center_crop
+from raydetect.explain.gradcam import (
+    cam_to_image,
+    crop_box,
+    describe,
+    explain_image,
+    gradcam_map,
+    overlay,
+    png_bytes,
+    signed_target,
+    target_layers,
+)
+from raydetect.models.backbones import build_backbone
+from raydetect.models.bundle import Detector, ModelCard
+
+
+def _detector(backbone: str, size: int, seed: int = 0) -> Detector:
+    torch.manual_seed(seed)
+    model = build_backbone(backbone, "none").eval()
+    return Detector(model, ModelCard(backbone=backbone, image_size=size), torch.device("cpu"))
+
+
+def _image(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_target_layers_pick_the_last_conv_stage():
+    resnet = build_backbone("resnet18", "none")
+    assert target_layers(resnet) == [resnet.layer4[-1]]
+    tiny = build_backbone("tinycnn", "none")
+    assert target_layers(tiny) == [tiny.features]
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 3), torch.nn.Flatten())
+    assert target_layers(plain) == [plain[1]]
+    with pytest.raises(ValueError, match="no convolution"):
+        target_layers(torch.nn.Linear(3, 1))
+
+
+@pytest.mark.parametrize(("backbone", "size"), [("tinycnn", 64), ("resnet18", 64)])
+def test_gradcam_map_shape_range_and_no_side_effects(backbone: str, size: int):
+    detector = _detector(backbone, size)
+    batch = np.random.default_rng(1).normal(size=(1, 3, size, size)).astype(np.float32)
+    before = detector.predict(batch)
+    heat = gradcam_map(detector.model, batch, sign=1.0)
+    assert heat.shape == (size, size) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert all(p.grad is None for p in detector.model.parameters())  # gradients released
+    assert not detector.model.training
+    assert np.array_equal(detector.predict(batch), before)  # hooks removed: predictions unchanged
+    flipped = gradcam_map(detector.model, batch, sign=-1.0)
+    assert not np.allclose(heat, flipped)  # evidence for "real" differs from evidence for "AI"
+
+
+def test_crop_box_matches_resize_center_crop():
+    for width, height, size in [(130, 90, 64), (90, 130, 64), (64, 64, 64), (300, 100, 32), (50, 40, 64)]:
+        left, top, right, bottom = crop_box(width, height, size)
+        # the crop of the original taken at that box, resized to size, is what the model sees
+        image = _image(width, height, seed=width)
+        model_view = np.asarray(resize_center_crop(image, size), dtype=np.float32)
+        ours = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, right, bottom)),
+                          dtype=np.float32)
+        assert 0 <= left < right <= width + 1e-6 and 0 <= top < bottom <= height + 1e-6
+        assert np.abs(model_view - ours).mean() < 12, (width, height, size)
+
+
+def test_cam_is_placed_back_where_the_crop_came_from():
+    cam = np.zeros((32, 32), dtype=np.float32)
+    cam[:, :16] = 1.0  # heat on the left half of the crop
+    heat = cam_to_image(cam, (200, 100))  # wide image: the crop is the centre 100 x 100
+    assert heat.shape == (100, 200)
+    assert heat[:, :45].max() == 0 and heat[:, 155:].max() == 0  # outside the crop: never seen, no heat
+    assert heat[:, 55:95].mean() > 0.9 and heat[:, 105:150].mean() < 0.1
+
+
+def test_overlay_has_the_image_size_and_keeps_cold_pixels():
+    image = _image(70, 50)
+    heat = np.zeros((50, 70), dtype=np.float32)
+    heat[10:20, 10:20] = 1.0
+    result = overlay(image, heat)
+    assert result.size == (70, 50) and result.mode == "RGB"
+    assert np.array_equal(np.asarray(result)[30:, 30:], np.asarray(image)[30:, 30:])
+    assert not np.array_equal(np.asarray(result)[12:18, 12:18], np.asarray(image)[12:18, 12:18])
+    png = png_bytes(result)
+    assert Image.open(io.BytesIO(png)).size == (70, 50)
+
+
+def test_describe_names_the_region_and_the_decision():
+    heat = np.zeros((90, 90), dtype=np.float32)
+    heat[:20, :20] = 1.0
+    line = describe(heat, 0.91, "ai", 0.5)
+    assert line.startswith("P(AI) = 0.91") and "AI-generated" in line and "top-left" in line
+    assert "\n" not in line
+    assert "no localised evidence" in describe(np.zeros((10, 10), np.float32), 0.2, "real", 0.5)
+    assert "review" in describe(heat, 0.5, "review", 0.5)
+    assert signed_target(0.7, 0.5) == 1.0 and signed_target(0.3, 0.5) == -1.0
+
+
+@pytest.mark.parametrize("backbone", ["tinycnn", "resnet18"])
+def test_explain_image_end_to_end(backbone: str):
+    detector = _detector(backbone, 64, seed=3)
+    image = _image(120, 80, seed=4)
+    explanation = explain_image(detector, image)
+    assert explanation.overlay.size == image.size and explanation.heat.shape == (80, 120)
+    assert explanation.decision == detector.card.decide(explanation.prob_ai)
+    from raydetect.data.transforms import preprocess
+
+    direct = detector.predict(preprocess(image, 64)[None])[0]
+    assert explanation.prob_ai == pytest.approx(float(direct), abs=1e-6)
+    assert explanation.reason.startswith("P(AI) = ")
