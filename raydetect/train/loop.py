@@ -2,8 +2,8 @@
 
 AdamW, a per-step cosine schedule (linear warm-up optional), AMP on CUDA (bf16 where supported, else fp16
 with a grad scaler), optional stem freezing for the first epochs, early stopping on validation F1
-(ties broken by validation loss), seeded. Batches are `(images, labels)` tuples or dicts with `image` and
-`label` (what `Dataset.iter_torch_batches` yields), NCHW float32 images and 0/1 labels.
+(ties broken by validation loss), seeded. Batches are `(images, labels)` tuples or dicts with `image`, `label` and
+optionally `weight` (0 for rows that failed to decode), NCHW float32 images and 0/1 labels.
 """
 
 from __future__ import annotations
@@ -101,14 +101,19 @@ def set_stem_frozen(model: nn.Module, frozen: bool) -> None:
                 module.eval()
 
 
-def _unpack(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _unpack(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(images, labels, weights or None). A `weight` of 0 marks a row that failed to decode: it stays in
+    the batch (every data-parallel worker keeps the same number of steps) but counts for nothing."""
+    weights = None
     if isinstance(batch, Mapping):
         images, labels = batch["image"], batch["label"]
+        if batch.get("weight") is not None:
+            weights = torch.as_tensor(batch["weight"]).to(device, dtype=torch.float32).reshape(-1)
     else:
         images, labels = batch
     images = torch.as_tensor(images, dtype=torch.float32).to(device, non_blocking=True)
     labels = torch.as_tensor(labels).to(device, dtype=torch.float32, non_blocking=True).reshape(-1)
-    return images, labels
+    return images, labels, weights
 
 
 def _autocast(device: torch.device, enabled: bool) -> tuple[torch.autocast | None, torch.dtype | None]:
@@ -129,10 +134,10 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
     """One pass over `batches`; returns (mean loss, number of examples)."""
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-    total, count = 0.0, 0
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    total, count = 0.0, 0.0
     for batch in batches:
-        images, labels = _unpack(batch, device)
+        images, labels, weights = _unpack(batch, device)
         if images.shape[0] == 0:
             continue
         optimizer.zero_grad(set_to_none=True)
@@ -142,8 +147,14 @@ def train_one_epoch(
                 logits = model(images).reshape(-1)
         else:
             logits = model(images).reshape(-1)
-        loss_sum = loss_fn(logits.float(), labels)
-        loss = loss_sum / images.shape[0]
+        per_row = loss_fn(logits.float(), labels)
+        if weights is not None:
+            per_row = per_row * weights
+            n_rows = float(weights.sum())
+        else:
+            n_rows = float(images.shape[0])
+        loss_sum = per_row.sum()
+        loss = loss_sum / max(n_rows, 1.0)
         if scaler is not None and dtype == torch.float16:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -159,8 +170,8 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         total += float(loss_sum.detach())
-        count += int(images.shape[0])
-    return (total / count if count else float("nan")), count
+        count += n_rows
+    return (total / count if count else float("nan")), int(count)
 
 
 @torch.inference_mode()
@@ -174,7 +185,7 @@ def predict_batches(
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     total = 0.0
     for batch in batches:
-        images, labels = _unpack(batch, device)
+        images, labels, weights = _unpack(batch, device)
         if images.shape[0] == 0:
             continue
         context, _ = _autocast(device, amp)
@@ -183,6 +194,9 @@ def predict_batches(
                 logits = model(images).reshape(-1).float()
         else:
             logits = model(images).reshape(-1)
+        if weights is not None:  # rows that failed to decode are not scored
+            keep = weights > 0
+            logits, labels = logits[keep], labels[keep]
         total += float(loss_fn(logits, labels))
         labels_out.append(labels.cpu().numpy())
         probs_out.append(torch.sigmoid(logits).cpu().numpy())

@@ -1,0 +1,128 @@
+"""`raydetect train` and `raydetect tune`. Heavy imports (torch, ray) happen inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file over the embedded defaults.", exists=True)
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
+]
+
+
+def _settings(config: Path | None, overrides: list[str] | None, **flags: object):
+    from raydetect.cli import settings_from
+
+    return settings_from(config, overrides, **flags)
+
+
+def _csv(text: str | None, cast: type = str) -> list | None:
+    if text is None:
+        return None
+    return [cast(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def train(
+    root: Annotated[str, typer.Argument(help="Dataset root (Kaggle layout), local or s3://.")],
+    backbone: Annotated[str | None, typer.Option(help="resnet18/34/50/101, efficientnet_lite0/1/2, tinycnn.")] = None,
+    weights: Annotated[str | None, typer.Option(help="imagenet | none | path to a state_dict.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per fold (early stopping may end sooner).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers (data-parallel).")] = None,
+    fold: Annotated[int | None, typer.Option(help="Validate on this fold of a 5-fold split (with --cv 1).")] = None,
+    cv: Annotated[int | None, typer.Option(help="k-fold cross-validation: train every fold, print mean ± std.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Model directory to write (local or s3://).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Per-worker batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Training/inference image size (default images.size).")] = None,
+    storage_path: Annotated[str | None, typer.Option(help="Ray Train checkpoints (local or s3://).")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Fine-tune a detector with Ray Train on one fold or with k-fold CV; log to MLflow; export the model."""
+    from raydetect.train.cv import format_cv_table, train_detector
+
+    settings = _settings(
+        config,
+        overrides,
+        **{
+            "train.backbone": backbone,
+            "train.weights": weights,
+            "train.epochs": epochs,
+            "train.workers": workers,
+            "train.fold": fold,
+            "train.cv": cv,
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "train.image_size": image_size,
+            "train.storage_path": storage_path,
+        },
+    )
+    outcome = train_detector(root, settings, output=output)
+    k = len(outcome.runs)
+    title = f"{settings.train.backbone} ({settings.train.weights}): " + (
+        f"{k}-fold cross-validation" if k > 1 else f"fold {outcome.runs[0].fold}"
+    )
+    typer.echo(format_cv_table(outcome.table, title))
+    typer.echo(f"wall time: {outcome.wall_s:.1f} s")
+    typer.echo(f"model: {outcome.model_uri}  (best fold {outcome.best_fold})")
+    if outcome.mlflow_run_id:
+        typer.echo(f"mlflow run: {outcome.mlflow_run_id}  ({settings.mlflow_uri()})")
+
+
+def tune(
+    root: Annotated[str, typer.Argument(help="Dataset root (Kaggle layout), local or s3://.")],
+    num_samples: Annotated[int | None, typer.Option(help="Trials to sample.")] = None,
+    cv: Annotated[int, typer.Option(help="Folds per trial (objective: mean CV F1); 1 = one quick fold.")] = 1,
+    fold: Annotated[int, typer.Option(help="The validation fold when --cv 1.")] = 0,
+    backbones: Annotated[
+        str, typer.Option(help="Comma-separated backbones to search.")
+    ] = "efficientnet_lite0,resnet18",
+    lr_min: Annotated[float, typer.Option(help="Learning rate range (log-uniform).")] = 1e-4,
+    lr_max: Annotated[float, typer.Option()] = 3e-3,
+    wd_min: Annotated[float, typer.Option(help="Weight decay range (log-uniform).")] = 1e-6,
+    wd_max: Annotated[float, typer.Option()] = 1e-2,
+    augment_min: Annotated[float, typer.Option(help="Augmentation strength range (uniform).")] = 0.0,
+    augment_max: Annotated[float, typer.Option()] = 1.0,
+    epochs: Annotated[str, typer.Option(help="Comma-separated epoch counts to choose from.")] = "3,5,8",
+    grace_period: Annotated[int | None, typer.Option(help="ASHA: epochs before a trial may be stopped.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers per trial.")] = None,
+    weights: Annotated[str | None, typer.Option(help="imagenet | none for every trial.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Folder for best_config.* and leaderboard.csv.")
+    ] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Search lr, weight decay, backbone, augmentation and epochs with Ray Tune + ASHA (objective: CV F1)."""
+    from raydetect.train.tune import format_leaderboard, search_space, tune_detector
+
+    settings = _settings(
+        config, overrides, **{"train.workers": workers, "train.weights": weights, "train.tune_num_samples": num_samples}
+    )
+    space = search_space(
+        backbones=_csv(backbones),
+        lr=(lr_min, lr_max),
+        weight_decay=(wd_min, wd_max),
+        augment=(augment_min, augment_max),
+        epochs=_csv(epochs, int),
+    )
+    outcome = tune_detector(
+        root, settings, num_samples=num_samples, cv=cv, fold=fold, space=space, output=output, grace_period=grace_period
+    )
+    typer.echo(format_leaderboard(outcome.leaderboard))
+    typer.echo(f"best ({'mean CV F1' if cv > 1 else 'F1'} {outcome.best_objective:.4f}): {outcome.best_config}")
+    typer.echo(f"wall time: {outcome.wall_s:.1f} s")
+    typer.echo(f"written: {outcome.output}/best_config.yaml (use with `raydetect train --config`), leaderboard.csv")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` and `tune` to the main `raydetect` app."""
+    app.command("train")(train)
+    app.command("tune")(tune)

@@ -1,0 +1,195 @@
+"""k-fold cross-validation and the whole `raydetect train` flow (folds -> Ray Train runs -> table -> model).
+
+Folds come from the data layer (`assign_folds`: stratified on the label, grouped so that a photo and its AI
+counterparts never sit on both sides); ROOT/folds.parquet is used when it holds the same number of folds.
+A single-fold run (`--fold K`) validates on fold K of a 5-fold split.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from raydetect.config import Settings
+from raydetect.train.trainer import FoldRun, export_model, fit_fold, labelled_rows, unique_name
+
+HOLDOUT_K = 5  # a single-fold run holds out 1/5 of the groups
+TABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
+
+
+@dataclass
+class TrainOutcome:
+    """What `train_detector` did: the fold runs, their table, the exported model and the CV summary."""
+
+    runs: list[FoldRun]
+    table: pd.DataFrame
+    folds: pd.DataFrame  # the manifest rows with their `fold`
+    model_uri: str | None
+    best_fold: int | None
+    f1_mean: float
+    f1_std: float
+    wall_s: float
+    mlflow_run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fold_assignment(df: pd.DataFrame, k: int, settings: Settings, root: str | None = None) -> pd.DataFrame:
+    """`df` with a `fold` column: ROOT/folds.parquet when it has k folds, else a fresh seeded assignment."""
+    from raydetect.data.folds import assign_folds, with_folds
+
+    root = root or df.attrs.get("root")
+    if root is not None:
+        try:
+            stored = with_folds(df, root, settings)
+            if stored["fold"].nunique() == k:
+                return stored
+        except (FileNotFoundError, ValueError):
+            pass
+    return assign_folds(df, k=k, seed=settings.seed)
+
+
+def cv_table(runs: list[FoldRun]) -> pd.DataFrame:
+    """One row per fold (best-epoch validation metrics), then `mean` and `std` rows."""
+    rows = pd.DataFrame([run.summary() for run in runs])
+    if rows.empty:
+        return rows
+    metrics = [m for m in TABLE_METRICS if m in rows.columns]
+    mean = {"fold": "mean", **{m: rows[m].mean() for m in metrics}}
+    std = {"fold": "std", **{m: rows[m].std(ddof=0) for m in metrics}}
+    table = pd.concat([rows.astype({"fold": object}), pd.DataFrame([mean, std])], ignore_index=True)
+    return table
+
+
+def format_cv_table(table: pd.DataFrame, title: str = "") -> str:
+    """Plain-text table with a final `mean ± std` line (what the CLI and the logs print)."""
+    if table.empty:
+        return "(no folds)"
+    per_fold = table[~table["fold"].isin(["mean", "std"])]
+    columns = ["fold", *[m for m in TABLE_METRICS if m in table.columns], "best_epoch", "epochs_run", "wall_s"]
+    columns = [c for c in columns if c in per_fold.columns]
+    text = per_fold[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    if len(per_fold) > 1:
+        mean = table[table["fold"] == "mean"].iloc[0]
+        std = table[table["fold"] == "std"].iloc[0]
+        summary = "  ".join(f"{m} {mean[m]:.4f} ± {std[m]:.4f}" for m in TABLE_METRICS if m in table.columns)
+        text += f"\nmean ± std over {len(per_fold)} folds: {summary}"
+    return (title + "\n" if title else "") + text
+
+
+def cross_validate(
+    df: pd.DataFrame,
+    settings: Settings,
+    k: int,
+    folds: list[int] | None = None,
+    name: str | None = None,
+    tracker: Any = None,
+    callbacks_for_fold: Any = None,
+) -> tuple[list[FoldRun], pd.DataFrame]:
+    """Run the given folds (default: all k) one after the other; returns the runs and the fold assignment.
+
+    `callbacks_for_fold(fold)` may return Ray Train callbacks (Tune uses it); `tracker` logs a nested
+    MLflow run per fold."""
+    if "fold" in df.columns and df["fold"].nunique() == k:  # already assigned (Tune shares one assignment)
+        assigned = labelled_rows(df)
+    else:
+        assigned = fold_assignment(labelled_rows(df), k, settings, root=df.attrs.get("root"))
+    assigned.attrs.update(df.attrs)
+    folds = list(range(k)) if folds is None else list(folds)
+    name = name or unique_name(f"{settings.train.backbone}-cv{k}")
+    runs: list[FoldRun] = []
+    for position, fold in enumerate(folds):
+        train_df = assigned[assigned["fold"] != fold]
+        val_df = assigned[assigned["fold"] == fold]
+        run = fit_fold(
+            train_df,
+            val_df,
+            settings,
+            name=f"{name}-fold{fold}",
+            fold=fold,
+            prior_f1s=[r.f1 for r in runs],
+            last_fold=position == len(folds) - 1,
+            callbacks=callbacks_for_fold(fold) if callbacks_for_fold else None,
+            version=name,
+        )
+        runs.append(run)
+        if tracker is not None:
+            with tracker.run(f"fold{fold}", params={**run.params, "run_path": run.path}, nested=True):
+                tracker.log_history(run.history)
+                tracker.log_metrics({f"best_{k2}": v for k2, v in run.best_metrics.items() if k2.startswith("val_")})
+    return runs, assigned
+
+
+def train_detector(
+    data: str | pd.DataFrame,
+    settings: Settings,
+    *,
+    cv: int | None = None,
+    fold: int | None = None,
+    output: str | None = None,
+    track: bool = True,
+    name: str | None = None,
+) -> TrainOutcome:
+    """`raydetect train`: one fold (`cv=1`, validating on `fold` of a 5-fold split) or k-fold CV (`cv=k`),
+    logged to MLflow; the best fold's best checkpoint is exported to `output` (default
+    <workdir>/models/<run name>) as a model directory with the CV mean/std in its card."""
+    from raydetect.data.manifest import read_manifest
+    from raydetect.tracking import Tracker
+
+    start = time.perf_counter()
+    df = read_manifest(data, split="train", settings=settings) if isinstance(data, str) else data
+    cv = settings.train.cv if cv is None else cv
+    fold = settings.train.fold if fold is None else fold
+    k = cv if cv > 1 else HOLDOUT_K
+    folds = None if cv > 1 else [fold]
+    if fold >= k:
+        raise ValueError(f"fold {fold} does not exist with {k} folds (0..{k - 1})")
+    name = name or unique_name(f"{settings.train.backbone}-{'cv' + str(cv) if cv > 1 else 'fold' + str(fold)}")
+    tracker = Tracker(settings) if track else None
+    run_params = {
+        **settings.train.model_dump(),
+        "seed": settings.seed,
+        "cv": cv,
+        "data": data if isinstance(data, str) else "<frame>",
+    }
+
+    def body(run_id: str | None) -> TrainOutcome:
+        runs, assigned = cross_validate(df, settings, k, folds=folds, name=name, tracker=tracker)
+        table = cv_table(runs)
+        f1s = [r.f1 for r in runs]
+        f1_mean = statistics.fmean(f1s)
+        f1_std = statistics.pstdev(f1s) if len(f1s) > 1 else 0.0
+        best = max(runs, key=lambda r: r.f1 if not math.isnan(r.f1) else -1.0)
+        model_uri = None
+        if best.checkpoint_uri is not None:
+            target = output or str(settings.workdir_path / "models" / name)
+            cv_metrics = {"cv_f1_mean": f1_mean, "cv_f1_std": f1_std, "cv_folds": float(len(runs))}
+            model_uri = export_model(best.checkpoint_uri, target, cv_metrics, version=name)
+        if tracker is not None:
+            tracker.log_metrics({"cv_f1_mean": f1_mean, "cv_f1_std": f1_std})
+            for metric in TABLE_METRICS:
+                if metric in table.columns:
+                    tracker.log_metrics({f"cv_{metric}_mean": table.loc[table["fold"] == "mean", metric].iloc[0]})
+            if model_uri is not None:
+                tracker.log_model_dir(model_uri)
+                tracker.set_tags({"model_uri": model_uri})
+        return TrainOutcome(
+            runs=runs,
+            table=table,
+            folds=assigned,
+            model_uri=model_uri,
+            best_fold=best.fold,
+            f1_mean=f1_mean,
+            f1_std=f1_std,
+            wall_s=time.perf_counter() - start,
+            mlflow_run_id=run_id,
+        )
+
+    if tracker is None:
+        return body(None)
+    with tracker.run(name, params=run_params, tags={"kind": "train"}) as run_id:
+        return body(run_id)
