@@ -73,6 +73,9 @@ app.command("score")(score_cli.score)
 from raydetect.serve import cli as serve_cli  # noqa: E402
 
 app.command("serve")(serve_cli.serve)
+from raydetect.train.cli import register as register_train  # noqa: E402
+
+register_train(app)  # `train` and `tune`
 
 
 if __name__ == "__main__":
