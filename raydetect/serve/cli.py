@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from raydetect.cli import ConfigOption, SetOption, settings_from
+# Defined here, not imported from raydetect.cli, so `python -m raydetect.cli` has no import cycle.
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file over the embedded defaults.", exists=True)
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
+]
 
 
 def serve(
@@ -27,12 +33,12 @@ def serve(
     overrides: SetOption = None,
 ) -> None:
     """Serve a model over HTTP on this machine: web page at /, API at /v1, docs at /docs. Ctrl-C stops it."""
+    from raydetect.config import load_settings
     from raydetect.serve.local import start_local, stop_local
 
     key_file = str(api_key_file.expanduser().resolve()) if api_key_file else None
-    settings = settings_from(
-        config, overrides, **{"serve.port": port, "serve.host": host, "serve.api_key_file": key_file}
-    )
+    flags = {"serve.port": port, "serve.host": host, "serve.api_key_file": key_file}
+    settings = load_settings(config, [*(overrides or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)])
     try:
         url = start_local(settings, model)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
