@@ -36,6 +36,16 @@ class BenchmarkSettings(_Section):
     size: int = 224
     processing_share: float = Field(0.3, ge=0, le=1)
     test_share: float = Field(0.2, ge=0, lt=1)
+    encoding: Literal["png", "jpeg"] = "png"  # the same for both classes (no format shortcut)
+    jpeg_quality: int = Field(95, ge=1, le=100)  # used when encoding is jpeg
+    diffusion_model: str | None = None  # diffusers id/folder for `ddpm`; null -> fit our own (cached)
+    fit_steps: int = Field(500, gt=0)  # training steps of our own small UNet
+    sdedit_strength: float = Field(0.3, gt=0, le=1)
+    sdedit_steps: int = Field(20, gt=0)  # DDIM schedule; round(steps * strength) are run
+    actor_num_cpus: float = Field(0.5, gt=0)  # per generator actor (capped so every pool fits the cluster)
+    max_actors: int = Field(2, gt=0)  # per generator
+    batch_size: int = Field(4, gt=0)
+    threads: int = Field(1, gt=0)  # torch/ncnn threads per actor
 
 
 class TrainSettings(_Section):

@@ -118,3 +118,94 @@ def folds_command(
     typer.echo(f"{len(folds)} images, {k} folds, seed {seed}, grouped by {source}")
     typer.echo(fold_summary(folds).to_string(index=False))
     typer.echo(f"Wrote {uri}")
+
+
+# --- the offline benchmark (issue 4) -------------------------------------------------------------------
+
+
+@app.command("build-benchmark")
+def build_benchmark_command(
+    out: Annotated[str, typer.Argument(help="Output root: a local folder or s3://bucket/prefix.")],
+    n_pairs: Annotated[int | None, typer.Option(help="Real/AI pairs (default: benchmark.n_pairs).")] = None,
+    generators: Annotated[
+        str | None, typer.Option(help="Comma-separated: esrgan,esrgan-anime,waifu2x,ddpm (default: config).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the config's seed).")] = None,
+    size: Annotated[int | None, typer.Option(help="Image side in pixels (default: benchmark.size).")] = None,
+    encoding: Annotated[str | None, typer.Option(help="png | jpeg, the same for both classes.")] = None,
+    diffusion_model: Annotated[
+        str | None, typer.Option(help="A diffusers model id or folder for `ddpm` (default: fit our own, cached).")
+    ] = None,
+    sources: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated photo sources (skimage,sklearn,matplotlib,mate-backgrounds,"
+                          "lomiri-wallpapers-16.04); default: every installed one."),
+    ] = None,
+    local: Annotated[bool, typer.Option("--local", help="Run in this process instead of on Ray.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild even if OUT holds this build; write into a non-empty OUT.")
+    ] = False,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Build the offline benchmark (Kaggle layout): real photo crops and their AI counterparts from several
+    generators, label-independent processing, one size and encoding. Skipped when OUT already holds it."""
+    from raydetect.cli import settings_from
+    from raydetect.data.benchmark import BenchmarkError, build_from_settings
+    from raydetect.data.benchmark.degrade import check_encoding
+
+    settings = settings_from(
+        config,
+        overrides,
+        **{
+            "benchmark.n_pairs": n_pairs,
+            "benchmark.size": size,
+            "benchmark.encoding": encoding,
+            "benchmark.diffusion_model": diffusion_model,
+            "seed": seed,
+        },
+    )
+    extra: dict = {"use_ray": not local, "force": force, "log": typer.echo}
+    if generators:
+        extra["generators"] = [g.strip() for g in generators.split(",") if g.strip()]
+    if sources:
+        extra["sources"] = [s.strip() for s in sources.split(",") if s.strip()]
+    try:
+        check_encoding(settings.benchmark.encoding)
+        if not local:
+            ensure_ray()
+        result = build_from_settings(out, settings, **extra)
+    except (BenchmarkError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    counts = result.card.get("counts", {})
+    typer.echo(f"{result.root}: {counts.get('images')} images ({counts.get('train_images')} train, "
+               f"{counts.get('test_images')} test), {'built' if result.built else 'reused'} in {result.seconds:.0f} s")
+
+
+@app.command("fit-generator")
+def fit_generator_command(
+    out: Annotated[
+        str | None, typer.Option(help="Model folder (default: <workdir>/generators/ddpm-<key>, the build's cache).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: benchmark.fit_steps).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the config's seed).")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    force: Annotated[bool, typer.Option(help="Retrain even when the cached model exists.")] = False,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Train the small diffusers UNet that the `ddpm` generator uses (minutes on CPU; cached, so
+    build-benchmark reuses it). The folder is a diffusers DDPM pipeline."""
+    from raydetect.cli import settings_from
+    from raydetect.data.benchmark.diffusion import FitConfig, fit_generator, generator_dir
+    from raydetect.data.benchmark.sources import find_photos
+
+    settings = settings_from(config, overrides, **{"benchmark.fit_steps": steps, "seed": seed})
+    fit = FitConfig(steps=settings.benchmark.fit_steps, seed=settings.seed)
+    photos = find_photos()
+    folder = Path(out) if out else generator_dir(Path(settings.workdir) / "generators", fit, photos)
+    if not force and (folder / "unet").is_dir():
+        typer.echo(f"{folder} exists (use --force to retrain)")
+        return
+    fit_generator(photos, folder, fit, threads=threads, progress=True, log=typer.echo)
