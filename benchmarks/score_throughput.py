@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--actors", default="1:1")
+    parser.add_argument("--actors", default=None, help="MIN:MAX model actors (default: the config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     parser.add_argument("--workdir", default=None, help="keep images here (default: a temp dir, removed)")
     parser.add_argument("--json", default=None, help="write the figures here")
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"  (again after (c): {out['a_plain_loop_after']:.1f})",
         f"(b) model only, preloaded tensors     {out['b_model_only']:8.1f} img/s",
         f"(c) Ray Data pipeline, steady state   {out['c_pipeline_steady_state']:8.1f} img/s",
-        f"(c) Ray Data pipeline, end to end     {out['c_pipeline_end_to_end']:8.1f} img/s  (actors {args.actors})",
+        f"(c) Ray Data pipeline, end to end     {out['c_pipeline_end_to_end']:8.1f} img/s"
+        f"  (actors {out['pipeline']['actors']}, decode num_cpus {settings.score.decode_num_cpus})",
         f"(c)/(a): steady {out['ratio_steady_vs_plain']:.2f}, end to end {out['ratio_end_to_end_vs_plain']:.2f}",
         f"(c)/(b): steady {out['ratio_steady_vs_model_only']:.2f}, "
         f"end to end {out['ratio_end_to_end_vs_model_only']:.2f}",

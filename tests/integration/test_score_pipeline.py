@@ -66,9 +66,8 @@ def _folder(path: Path, n: int, size: int = 40) -> Path:
 @pytest.mark.s3
 def test_scores_a_labelled_set_from_s3_into_s3(s3_bucket: str, ray_cluster: None, tmp_path: Path):
     root = make_kaggle_dataset(tmp_path / "kaggle", n_pairs=6, size=48, n_test=2)
-    for file in root.rglob("*"):
-        if file.is_file():
-            storage.write_bytes(f"{s3_bucket}/data/{file.relative_to(root)}", file.read_bytes())
+    fs, bucket_path = storage.fsspec_fs(s3_bucket)  # one client for the whole upload
+    fs.put(f"{root}/", f"{bucket_path}/data/", recursive=True)
     model = _model(f"{s3_bucket}/models/tiny")
     settings = load_settings(overrides=SMALL)
 
@@ -92,7 +91,8 @@ def test_scores_a_labelled_set_from_s3_into_s3(s3_bucket: str, ray_cluster: None
     # The same predictions as calling the model directly on the same bytes.
     detector = Detector.load(model, device="cpu")
     ordered = rows.sort_values("path")
-    batch = np.stack([preprocess(decode_image(storage.read_bytes(p)), 48) for p in ordered["path"]])
+    blobs = fs.cat([storage.strip_scheme(p) for p in ordered["path"]])
+    batch = np.stack([preprocess(decode_image(blobs[storage.strip_scheme(p)]), 48) for p in ordered["path"]])
     assert np.array_equal(ordered["prob_ai"].to_numpy(), detector.predict(batch).astype(np.float64))
 
 
