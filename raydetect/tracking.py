@@ -66,6 +66,8 @@ class Tracker:
         self.uri = settings.mlflow_uri()
         self.experiment = experiment or settings.tracking.experiment
         self._wandb_run: Any = None
+        if wandb_enabled():
+            _require_wandb()  # fail before a long run, not after it
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
 

@@ -15,6 +15,7 @@ from raydetect.train.loop import (
     classification_metrics,
     cosine_schedule,
     fit,
+    predict_batches,
     tensor_batches,
 )
 from tests.datasets import ai_counterpart, smooth_photo
@@ -147,3 +148,139 @@ def test_metrics_and_early_stopping_helpers() -> None:
 def test_loop_config_ignores_unknown_keys() -> None:
     config = LoopConfig.from_dict({"epochs": 2, "lr": 0.1, "backbone": "tinycnn"})
     assert config.epochs == 2 and config.lr == 0.1
+
+
+def test_zero_weight_rows_count_for_nothing() -> None:
+    """Rows that failed to decode (weight 0) change neither the loss nor the validation metrics."""
+    torch.manual_seed(0)
+    model = build_backbone("tinycnn", "none").eval()
+    x, y = separable_arrays(4)
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+    garbage = torch.zeros_like(x_t[:3])
+    with_bad = {
+        "image": torch.cat([x_t, garbage]),
+        "label": torch.cat([y_t, torch.ones(3)]),
+        "weight": torch.cat([torch.ones(len(y_t)), torch.zeros(3)]),
+    }
+    labels, probs, loss = predict_batches(model, [with_bad], torch.device("cpu"))
+    labels_ref, probs_ref, loss_ref = predict_batches(model, [(x_t, y_t)], torch.device("cpu"))
+    np.testing.assert_array_equal(labels, labels_ref)
+    np.testing.assert_allclose(probs, probs_ref, rtol=1e-6)
+    assert loss == pytest.approx(loss_ref)
+
+
+def test_training_batch_marks_decode_errors() -> None:
+    from raydetect.train.trainer import _training_batch
+
+    images = np.zeros((3, 3, 8, 8), dtype=np.float32)
+    batch = _training_batch(
+        {"image": images, "label": np.array([0, 1, 1]), "error": np.array([None, "corrupt: bad", None], dtype=object)}
+    )
+    assert batch["weight"].tolist() == [1.0, 0.0, 1.0] and batch["label"].dtype == torch.float32
+    all_ok = _training_batch({"image": images, "label": np.array([0, 1, 1]), "error": np.full(3, np.nan)})
+    assert all_ok["weight"].tolist() == [1.0, 1.0, 1.0]
+
+
+def _fold_run(fold: int, f1: float):
+    from raydetect.train.trainer import FoldRun
+
+    metrics = {"val_loss": 0.5, "val_accuracy": f1, "val_precision": f1, "val_recall": f1, "val_f1": f1, "val_auc": f1}
+    return FoldRun(f"r{fold}", fold, "/x", None, 2, metrics, [metrics, metrics], 10, 5, 1.0)
+
+
+def test_cv_table_has_per_fold_rows_and_mean_std() -> None:
+    from raydetect.train.cv import cv_table, format_cv_table
+
+    table = cv_table([_fold_run(0, 0.8), _fold_run(1, 1.0)])
+    assert list(table["fold"]) == [0, 1, "mean", "std"]
+    assert table.loc[2, "f1"] == pytest.approx(0.9) and table.loc[3, "f1"] == pytest.approx(0.1)
+    text = format_cv_table(table, "title")
+    assert text.startswith("title") and "f1 0.9000 ± 0.1000" in text
+
+
+def test_leaderboard_ranks_finished_trials_by_objective() -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from raydetect.train.tune import _leaderboard
+
+    def result(trial, objective, complete, lr):
+        metrics = {
+            "trial_id": trial,
+            "objective": objective,
+            "objective_std": 0.0,
+            "folds_done": 1,
+            "cv_complete": float(complete),
+            "time_total_s": 3.0,
+        }
+        config = {"backbone": "tinycnn", "lr": lr, "weight_decay": 0.0, "augment_strength": 0.0, "epochs": 2}
+        return SimpleNamespace(
+            metrics=metrics, config=config, metrics_dataframe=pd.DataFrame([{}, {}]), path=f"/runs/{trial}", error=None
+        )
+
+    board = _leaderboard([result("a", 0.7, True, 1e-3), result("b", 0.9, False, 2e-3), result("c", 0.8, True, 3e-3)], 1)
+    assert list(board["trial"]) == ["c", "a", "b"]  # an ASHA-stopped trial ranks after the finished ones
+    assert list(board["rank"]) == [1, 2, 3] and board.loc[0, "lr"] == 3e-3
+
+
+def test_trial_settings_and_search_space() -> None:
+    from raydetect.config import load_settings
+    from raydetect.train.tune import search_space, trial_settings
+
+    settings = trial_settings(load_settings(), {"lr": 0.01, "epochs": 4.0, "backbone": "resnet18", "other": 1})
+    assert settings.train.lr == 0.01 and settings.train.epochs == 4 and settings.train.backbone == "resnet18"
+    space = search_space(backbones=["tinycnn"], epochs=[1, 2], augment=(0.5, 0.5))
+    assert space["augment_strength"] == 0.5 and list(space["epochs"].categories) == [1, 2]
+
+
+def test_export_model_copies_weights_and_merges_the_card(tmp_path) -> None:
+    from raydetect.models.bundle import ModelCard, load_model, save_model
+    from raydetect.train.trainer import export_model
+
+    model = build_backbone("tinycnn", "none")
+    save_model(model, ModelCard(backbone="tinycnn", image_size=32, metrics={"val_f1": 0.5}), str(tmp_path / "ckpt"))
+    uri = export_model(str(tmp_path / "ckpt"), str(tmp_path / "out"), {"cv_f1_mean": 0.7}, version="v9")
+    loaded, card = load_model(uri)
+    assert card.metrics == {"val_f1": 0.5, "cv_f1_mean": 0.7} and card.version == "v9" and card.image_size == 32
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_tracker_logs_params_history_and_model(tmp_path) -> None:
+    import mlflow
+
+    from raydetect.config import load_settings
+    from raydetect.models.bundle import ModelCard, save_model
+    from raydetect.tracking import Tracker
+
+    settings = load_settings(None, {"tracking": {"mlflow_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "t"}})
+    save_model(build_backbone("tinycnn", "none"), ModelCard(backbone="tinycnn"), str(tmp_path / "model"))
+    tracker = Tracker(settings)
+    with tracker.run("parent", params={"lr": 0.1, "skip": None}) as run_id:
+        with tracker.run("child", nested=True):
+            tracker.log_history([{"epoch": 1, "val_f1": 0.5, "note": "x"}, {"epoch": 2, "val_f1": float("nan")}])
+        tracker.log_model_dir(str(tmp_path / "model"))
+    client = mlflow.MlflowClient(settings.mlflow_uri())
+    assert client.get_run(run_id).data.params == {"lr": "0.1"}
+    child = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.mlflow.runName = 'child'")[0]
+    assert [m.value for m in client.get_metric_history(child.info.run_id, "val_f1")] == [0.5]  # NaN skipped
+    assert {a.path for a in client.list_artifacts(run_id, "model")} == {"model/model.json", "model/weights.pt"}
+
+
+def test_wandb_switched_on_without_the_package_is_a_clear_error(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    from raydetect.config import load_settings
+    from raydetect.tracking import Tracker, wandb_enabled, wandb_tune_callbacks
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert not wandb_enabled() and wandb_tune_callbacks("p") == []
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    settings = load_settings(None, {"tracking": {"mlflow_uri": f"sqlite:///{tmp_path / 'm.db'}"}})
+    with pytest.raises(RuntimeError, match="pip install wandb"):
+        Tracker(settings)
