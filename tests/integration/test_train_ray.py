@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from raydetect.config import Settings, load_settings
@@ -114,3 +115,31 @@ def test_cv_trains_every_fold_without_sharing_groups(ray_cluster, tmp_path: Path
     text = format_cv_table(table)
     assert "mean ± std over 3 folds" in text and "f1" in text
     assert Detector.load(outcome.model_uri, device="cpu").card.metrics["cv_folds"] == 3
+
+
+def test_train_cli_writes_a_model_that_raydetect_score_loads(ray_cluster, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from raydetect.cli import app
+
+    root = make_kaggle_dataset(tmp_path / "data", n_pairs=8, size=32)
+    model_dir = tmp_path / "model"
+    args = [
+        "train", str(root), "--backbone", "tinycnn", "--weights", "none", "--epochs", "1", "--cv", "1",
+        "--fold", "1", "--batch-size", "8", "--output", str(model_dir),
+        "--set", f"workdir={tmp_path / 'work'}", "--set", "images.size=32", "--set", "train.augment_strength=0",
+        "--set", f"tracking.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "tinycnn (none): fold 1" in result.output and "wall time" in result.output
+    detector = Detector.load(str(model_dir), device="cpu")
+    assert detector.card.params["fold"] == 1 and detector.card.params["epochs"] == 1
+    # `raydetect score --model DIR` takes the directory as it is (size and normalisation from its card).
+    scored = CliRunner().invoke(
+        app, ["score", str(root), "--model", str(model_dir), "--output", str(tmp_path / "preds"), "--split", "test"]
+    )
+    assert scored.exit_code == 0, scored.output
+    predictions = pd.read_parquet(next((tmp_path / "preds").glob("run=*")))
+    assert len(predictions) == 4 and predictions["error"].isna().all()
+    assert predictions["prob_ai"].between(0, 1).all() and set(predictions["model_name"]) == {"raydetect"}
