@@ -78,5 +78,19 @@ from raydetect.train.cli import register as register_train  # noqa: E402
 register_train(app)  # `train` and `tune`
 
 
+@app.command()
+def demo(
+    workdir: Annotated[str | None, typer.Option(help="Where every output goes (default: config workdir).")] = None,
+    n_pairs: Annotated[int | None, typer.Option(help="Benchmark size in real/AI pairs.")] = None,
+    serve_check: Annotated[bool, typer.Option(help="End with one call to a Serve deployment.")] = True,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Run every stage end to end: benchmark, verify, train, score, report, Serve smoke call."""
+    from raydetect.demo import run_demo
+
+    run_demo(settings_from(config, overrides, workdir=workdir), n_pairs=n_pairs, serve_check=serve_check)
+
+
 if __name__ == "__main__":
     app()
