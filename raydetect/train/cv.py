@@ -193,3 +193,35 @@ def train_detector(
         return body(None)
     with tracker.run(name, params=run_params, tags={"kind": "train"}) as run_id:
         return body(run_id)
+
+
+def compare_variants(
+    data: str | pd.DataFrame,
+    settings: Settings,
+    variants: list[tuple[str, str]],
+    cv: int = 5,
+    output_dir: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, TrainOutcome]]:
+    """k-fold CV of several (backbone, weights) variants on the same folds; returns a summary table (one row
+    per variant: mean ± std of each metric, wall time) and each variant's outcome. Models go to
+    `output_dir/<backbone>-<weights>` when given."""
+    from raydetect.data.manifest import read_manifest
+
+    df = read_manifest(data, split="train", settings=settings) if isinstance(data, str) else data
+    rows, outcomes = [], {}
+    for backbone, weights in variants:
+        train = settings.train.model_copy(update={"backbone": backbone, "weights": weights})
+        variant_settings = settings.model_copy(update={"train": train})
+        key = f"{backbone}-{weights}"
+        target = f"{output_dir.rstrip('/')}/{key}" if output_dir else None
+        outcome = train_detector(df, variant_settings, cv=cv, output=target)
+        outcomes[key] = outcome
+        mean = outcome.table[outcome.table["fold"] == "mean"].iloc[0]
+        std = outcome.table[outcome.table["fold"] == "std"].iloc[0] if cv > 1 else None
+        row: dict[str, Any] = {"variant": key, "folds": len(outcome.runs)}
+        for metric in TABLE_METRICS:
+            spread = f" ± {std[metric]:.4f}" if std is not None else ""
+            row[metric] = f"{mean[metric]:.4f}{spread}"
+        row["wall_s"] = round(outcome.wall_s, 1)
+        rows.append(row)
+    return pd.DataFrame(rows), outcomes
