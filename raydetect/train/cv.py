@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +110,8 @@ def cross_validate(
             train_df,
             val_df,
             settings,
-            name=f"{name}-fold{fold}",
+            # Unique per call: Ray Train reloads the checkpoints of an existing run directory of the same name.
+            name=f"{name}-fold{fold}-{uuid.uuid4().hex[:6]}",
             fold=fold,
             prior_f1s=[r.f1 for r in runs],
             last_fold=position == len(folds) - 1,
