@@ -7,6 +7,12 @@ Nothing here fails a job because of one bad file: an unreadable file becomes a r
     ds = image_dataset(read_manifest(root), size=224)            # rows: manifest columns + sha256, image, error
     for batch in ds.iter_batches(batch_size=32, batch_format="numpy"): ...
 
+    raw = read_image_bytes(read_manifest(root))                    # rows: manifest columns + bytes, error
+
+Resources (2-core friendly): `image_dataset` is one stage, a pool of at most `max_actors` actors of
+`actor_num_cpus` (default 2 x 0.5 CPU) that read and decode; `read_image_bytes` runs tasks of 0.25 CPU.
+Labels arrive as int64 (float64 with NaN when a block holds unlabelled rows: Arrow -> numpy has no NA int).
+
 The per-row work is plain Python (`read_uris`, `DecodePreprocess.__call__`) and is tested without Ray.
 """
 
@@ -29,9 +35,9 @@ from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment,
 
 DEFAULT_ROWS_PER_BLOCK = 128
 DEFAULT_READ_BATCH = 32
-# One CPU per read task: whole CPUs reuse Ray's pre-started workers (a fractional request spawns extra
-# Python processes, costly on 2 cores); S3 reads inside one task are concurrent anyway (s3fs `cat`).
-READ_NUM_CPUS = 1.0
+# Read tasks ask for a quarter CPU: they are I/O-bound, and a whole-CPU request could wait forever beside
+# actor pools (decode, model, Ray Train workers) that already hold every CPU of a 2-core machine.
+READ_NUM_CPUS = 0.25
 
 _S3_CLIENTS: dict[storage.S3Options, Any] = {}  # per worker process, filled on first use
 
@@ -112,16 +118,40 @@ def read_bytes_batch(table: pa.Table, settings: StorageSettings | None = None) -
     return table.append_column("error", pa.array([r[1] for r in results], type=pa.string()))
 
 
-def manifest_dataset(df: pd.DataFrame, rows_per_block: int = DEFAULT_ROWS_PER_BLOCK):
-    """The manifest as a Ray dataset split into blocks of `rows_per_block` rows (so reads run in parallel)."""
-    import ray
-
+def manifest_table(df: pd.DataFrame) -> pa.Table:
+    """The manifest as one Arrow table: one type per column for every block cut from it."""
     frame = df.reset_index(drop=True)
     if "label" in frame.columns:
         frame["label"] = frame["label"].astype("Int64")
-    n_blocks = max(1, math.ceil(len(frame) / max(1, rows_per_block)))
-    chunks = [frame.iloc[i * rows_per_block : (i + 1) * rows_per_block] for i in range(n_blocks)]
-    return ray.data.from_pandas(chunks)
+    for column in frame.columns:
+        if frame[column].dtype == object:  # mixed None/str/NaN -> nullable string
+            frame[column] = frame[column].astype("string")
+    return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+
+
+def manifest_dataset(df: pd.DataFrame, rows_per_block: int = DEFAULT_ROWS_PER_BLOCK):
+    """The manifest as a Ray dataset split into blocks of `rows_per_block` rows (so reads run in parallel).
+
+    The blocks are made in this process: `ray.data.from_pandas`/`from_arrow` run a metadata task that needs
+    a whole free CPU and waits forever when actors hold all but a fraction of one (2-core machines)."""
+    import ray
+
+    table = manifest_table(df)
+    n_blocks = max(1, math.ceil(table.num_rows / max(1, rows_per_block)))
+    slices = [table.slice(i * rows_per_block, rows_per_block) for i in range(n_blocks)]
+    try:
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators.from_operators import FromArrow
+        from ray.data._internal.stats import DatasetStats
+        from ray.data.block import BlockMetadataWithSchema
+        from ray.data.context import DataContext
+        from ray.data.dataset import MaterializedDataset
+    except ImportError:  # another Ray: the public route (rows rebuilt in this process, types per block)
+        return ray.data.from_items(table.to_pylist(), override_num_blocks=n_blocks)
+    metadata = [BlockMetadataWithSchema.from_block(block) for block in slices]
+    context = DataContext.get_current().copy()
+    plan = LogicalPlan(FromArrow([ray.put(block) for block in slices], metadata), context)
+    return MaterializedDataset(plan, context, DatasetStats(metadata={"FromArrow": metadata}, parent=None))
 
 
 def read_image_bytes(
@@ -129,6 +159,7 @@ def read_image_bytes(
     settings: Settings | None = None,
     rows_per_block: int = DEFAULT_ROWS_PER_BLOCK,
     batch_size: int = DEFAULT_READ_BATCH,
+    num_cpus: float = READ_NUM_CPUS,
 ):
     """Rows: every manifest column + `bytes` (b"" when unreadable) + `error` (None or "reason: message")."""
     return manifest_dataset(df, rows_per_block).map_batches(
@@ -136,7 +167,7 @@ def read_image_bytes(
         fn_kwargs={"settings": settings.storage if settings else None},
         batch_size=batch_size,
         batch_format="pyarrow",
-        num_cpus=READ_NUM_CPUS,
+        num_cpus=num_cpus,
     )
 
 
@@ -145,8 +176,9 @@ def _row_seed(seed: int, key: Any) -> int:
 
 
 class DecodePreprocess:
-    """`map_batches` callable (batch_format "pandas" or "numpy"): bytes -> `image` (float32 CHW,
+    """`map_batches` callable (batch_format "pandas", "numpy" or "pyarrow"): bytes -> `image` (float32 CHW,
     normalised; zeros when it failed), `sha256` (None when the file could not be read), `error`.
+    A batch without a `bytes` column is read from its `path` column first (local or S3).
 
     Every input column except `bytes` is passed through. With augmentation on (`augment_seed` given or
     `augment_strength > 0`) each row gets `TrainAugment` seeded by (augment_seed, path): deterministic
@@ -160,8 +192,10 @@ class DecodePreprocess:
         augment_seed: int | None = None,
         augment_strength: float = 0.0,
         limits: DecodeLimits | None = None,
+        storage_settings: StorageSettings | None = None,
     ):
         self.size = int(size)
+        self.storage = storage_settings  # used only for batches without `bytes` (it then reads `path`)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.augment = augment_seed is not None or augment_strength > 0
@@ -186,21 +220,16 @@ class DecodePreprocess:
         except Exception as exc:  # noqa: BLE001 - a transform failure is an error row, not a dead job
             return None, digest, f"transform_failed: {type(exc).__name__}: {exc}"
 
-    def __call__(self, batch: pd.DataFrame | dict[str, np.ndarray]) -> pd.DataFrame | dict[str, np.ndarray]:
-        as_pandas = isinstance(batch, pd.DataFrame)
-        columns: dict[str, Any] = (
-            {c: batch[c].to_numpy() for c in batch.columns} if as_pandas else dict(batch)  # type: ignore[union-attr]
-        )
-        blobs = columns.pop("bytes")
-        read_errors = columns.pop("error", None)
+    def run(
+        self, blobs: Sequence[Any], read_errors: Sequence[Any] | None, keys: Sequence[Any]
+    ) -> tuple[np.ndarray, list[str | None], list[str | None]]:
+        """A batch's NCHW images, sha256s and errors (the part every batch format shares)."""
         n = len(blobs)
-        keys = columns.get("path", np.arange(n))
         images = np.zeros((n, 3, self.size, self.size), dtype=np.float32)
         digests: list[str | None] = []
         errors: list[str | None] = []
         for i in range(n):
-            blob = blobs[i]
-            blob = b"" if blob is None else bytes(blob)
+            blob = b"" if blobs[i] is None else bytes(blobs[i])
             prior = None if read_errors is None else read_errors[i]
             prior = prior if isinstance(prior, str) and prior else None
             array, digest, error = self.process(blob, prior, keys[i])
@@ -208,18 +237,46 @@ class DecodePreprocess:
                 images[i] = array
             digests.append(digest)
             errors.append(error)
-        columns["sha256"] = np.array(digests, dtype=object)
-        columns["image"] = images
-        columns["error"] = np.array(errors, dtype=object)
+        return images, digests, errors
+
+    def _inputs(self, columns: dict[str, Any]) -> tuple[Sequence[Any], Sequence[Any] | None]:
+        if "bytes" in columns:
+            return columns["bytes"], columns.get("error")
+        results = read_uris([str(p) for p in columns["path"]], self.storage)  # a manifest batch: read here
+        return [r[0] for r in results], [r[1] for r in results]
+
+    def __call__(self, batch: pd.DataFrame | dict[str, np.ndarray] | pa.Table) -> Any:
+        dropped = ("bytes", "error", "sha256", "image")
+        if isinstance(batch, pa.Table):  # exact column types pass through (what image_dataset uses)
+            from ray.data.extensions import ArrowTensorArray
+
+            wanted = [c for c in ("path", "bytes", "error") if c in batch.column_names]
+            blobs, read_errors = self._inputs({c: batch.column(c).to_pylist() for c in wanted})
+            keys = batch.column("path").to_pylist() if "path" in batch.column_names else range(batch.num_rows)
+            images, digests, errors = self.run(blobs, read_errors, list(keys))
+            out = batch.select([c for c in batch.column_names if c not in dropped])
+            out = out.append_column("sha256", pa.array(digests, type=pa.string()))
+            out = out.append_column("image", ArrowTensorArray.from_numpy(images))
+            return out.append_column("error", pa.array(errors, type=pa.string()))
+        as_pandas = isinstance(batch, pd.DataFrame)
+        columns: dict[str, Any] = (
+            {c: batch[c].to_numpy() for c in batch.columns} if as_pandas else dict(batch)  # type: ignore[union-attr]
+        )
+        blobs, read_errors = self._inputs(columns)
+        n = len(blobs)
+        images, digests, errors = self.run(blobs, read_errors, columns.get("path", np.arange(n)))
         if as_pandas:
             index = batch.index  # type: ignore[union-attr]
-            keep = [c for c in batch.columns if c not in ("bytes", "error", "sha256", "image")]  # type: ignore[union-attr]
-            frame = batch[keep].copy()  # type: ignore[index]
+            frame = batch[[c for c in batch.columns if c not in dropped]].copy()  # type: ignore[index,union-attr]
             frame["sha256"] = pd.Series(digests, index=index, dtype=object)  # None stays None, not NaN
             frame["image"] = pd.Series(list(images), index=index, dtype=object)
             frame["error"] = pd.Series(errors, index=index, dtype=object)
             return frame
-        return columns
+        out = {k: v for k, v in columns.items() if k not in dropped}
+        out["sha256"] = np.array(digests, dtype=object)
+        out["image"] = images
+        out["error"] = np.array(errors, dtype=object)
+        return out
 
 
 def image_dataset(
@@ -237,7 +294,8 @@ def image_dataset(
     actor_num_cpus: float = 0.5,
     rows_per_block: int = DEFAULT_ROWS_PER_BLOCK,
 ):
-    """`read_image_bytes(df)` then `DecodePreprocess` in a small actor pool (numpy batches).
+    """The manifest read and decoded by `DecodePreprocess` in a small actor pool (Arrow batches): one
+    stage, so no read task has to find a free CPU beside the actors (cf. `read_image_bytes`).
 
     Rows: every manifest column + `sha256`, `image` (float32 3 x size x size), `error`. With `augment`,
     `TrainAugment(size, augment_strength)` seeded per row by (augment_seed or 0, path)."""
@@ -252,12 +310,13 @@ def image_dataset(
         "augment_seed": (augment_seed or 0) if augment else None,
         "augment_strength": augment_strength if augment else 0.0,
         "limits": limits,
+        "storage_settings": settings.storage if settings else None,
     }
-    return read_image_bytes(df, settings, rows_per_block).map_batches(
+    return manifest_dataset(df, rows_per_block).map_batches(
         DecodePreprocess,
         fn_constructor_kwargs=kwargs,
         batch_size=batch_size,
-        batch_format="numpy",
+        batch_format="pyarrow",  # pass-through columns keep their Arrow types (no numpy round trip)
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
         num_cpus=actor_num_cpus,
     )

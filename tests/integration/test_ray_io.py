@@ -60,20 +60,23 @@ def test_same_manifest_from_s3_and_local_gives_identical_batches(tmp_path: Path,
     s3_root = f"{s3_bucket}/kaggle"
     _upload(local, s3_root)
 
-    for split in ("train", "test"):
-        df_local, df_s3 = read_manifest(local, split), read_manifest(s3_root, split)
-        assert df_s3["path"].str.startswith(f"{s3_root}/").all()
-        assert df_local.drop(columns="path").equals(df_s3.drop(columns="path"))
+    manifests: dict[str, pd.DataFrame] = {}
+    for name, root in (("local", str(local)), ("s3", s3_root)):
+        parts = [read_manifest(root, split) for split in ("train", "test")]  # labelled + unlabelled rows
+        manifests[name] = pd.concat(parts, ignore_index=True)
+    assert manifests["s3"]["path"].str.startswith(f"{s3_root}/").all()
+    assert manifests["local"].drop(columns="path").equals(manifests["s3"].drop(columns="path"))
 
-        batches = {}
-        for name, df in (("local", df_local), ("s3", df_s3)):
-            ds = image_dataset(df, size=40, batch_size=5, rows_per_block=4)
-            batches[name] = pd.concat(list(ds.iter_batches(batch_size=5, batch_format="pandas")), ignore_index=True)
-        a, b = (batches[n].sort_values("file_name", ignore_index=True) for n in ("local", "s3"))
-        assert set(a.columns) == set(b.columns) == {*df_local.columns, "sha256", "image", "error"}
-        assert a["error"].isna().all() and b["error"].isna().all()
-        np.testing.assert_array_equal(np.stack(a["image"].to_list()), np.stack(b["image"].to_list()))
-        pd.testing.assert_frame_equal(a.drop(columns=["path", "image"]), b.drop(columns=["path", "image"]))
+    batches = {}
+    for name, df in manifests.items():
+        ds = image_dataset(df, size=40, batch_size=5, rows_per_block=4)
+        batches[name] = pd.concat(list(ds.iter_batches(batch_size=5, batch_format="pandas")), ignore_index=True)
+    a, b = (batches[n].sort_values("file_name", ignore_index=True) for n in ("local", "s3"))
+    assert len(a) == 14
+    assert set(a.columns) == set(b.columns) == {*manifests["local"].columns, "sha256", "image", "error"}
+    assert a["error"].isna().all() and b["error"].isna().all()
+    np.testing.assert_array_equal(np.stack(a["image"].to_list()), np.stack(b["image"].to_list()))
+    pd.testing.assert_frame_equal(a.drop(columns=["path", "image"]), b.drop(columns=["path", "image"]))
 
 
 @pytest.mark.s3
@@ -99,3 +102,25 @@ def test_augmented_dataset_is_deterministic(tmp_path: Path, ray_cluster: None):
     ]
     for name in runs[0]:
         np.testing.assert_array_equal(runs[0][name]["image"], runs[1][name]["image"])
+
+
+@pytest.mark.timeout(300)
+def test_image_dataset_runs_when_other_actors_hold_most_cpus(tmp_path: Path, ray_cluster: None):
+    """On 2 cores a model pool or Ray Train workers hold CPUs: reading + decoding must still progress with
+    only half a CPU free (a read stage that needs a whole CPU would wait forever)."""
+    import ray
+
+    @ray.remote
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    free = ray.available_resources().get("CPU", 0)
+    holder = Holder.options(num_cpus=free - 0.5).remote()
+    try:
+        ray.get(holder.ready.remote())
+        root = make_kaggle_dataset(tmp_path / "ds", n_pairs=3, size=32, n_test=0)
+        rows = image_dataset(read_manifest(root), size=16, batch_size=2, rows_per_block=2).take_all()
+        assert len(rows) == 6 and all(r["error"] is None for r in rows)
+    finally:
+        ray.kill(holder)

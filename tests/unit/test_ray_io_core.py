@@ -74,3 +74,24 @@ def test_augmentation_is_seeded_per_row_not_per_batch(tmp_path: Path):
     other = [DecodePreprocess(size=24, augment_seed=s, augment_strength=1.0)(batch)["image"].iloc[0] for s in range(4)]
     assert any(not np.array_equal(o, plain) for o in other)
     assert any(not np.array_equal(o, other[0]) for o in other[1:])
+
+
+def test_decode_preprocess_reads_paths_when_there_are_no_bytes(tmp_path: Path):
+    with_bytes = _batch(tmp_path)
+    manifest_only = with_bytes.drop(columns=["bytes", "error"])
+    a = DecodePreprocess(size=16)(manifest_only)
+    b = DecodePreprocess(size=16)(with_bytes)
+    assert list(a["error"]) == list(b["error"]) and list(a["sha256"]) == list(b["sha256"])
+    np.testing.assert_array_equal(np.stack(a["image"].to_list()), np.stack(b["image"].to_list()))
+
+
+def test_decode_preprocess_arrow_keeps_column_types(tmp_path: Path):
+    batch = _batch(tmp_path)
+    table = pa.Table.from_pandas(batch, preserve_index=False).append_column("id", pa.nulls(len(batch), pa.string()))
+    out = DecodePreprocess(size=16)(table)
+    assert out.column_names == ["path", "label", "id", "sha256", "image", "error"]
+    assert out.schema.field("id").type == pa.string() and out.schema.field("error").type == pa.string()
+    images = out.column("image").combine_chunks().to_numpy()
+    expected = DecodePreprocess(size=16)(batch)
+    np.testing.assert_array_equal(images, np.stack(expected["image"].to_list()))
+    assert out.column("error").to_pylist() == list(expected["error"])
