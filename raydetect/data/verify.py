@@ -274,10 +274,12 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
 
 def categorical_auc(values: pd.Series, labels: np.ndarray, seed: int = 0, smoothing: float = 1.0) -> float:
     """AUC of an out-of-fold target encoding of one categorical feature (a value seen only once carries
-    no signal; a value that stands for one class scores high)."""
+    no signal; a value that stands for one class scores high). Never below 0.5 (the direction is learnt)."""
     from sklearn.model_selection import StratifiedKFold
 
     keys = values.astype("string").fillna("<none>").to_numpy()
+    if len(set(keys)) < 2:
+        return 0.5
     n_splits = int(min(5, np.bincount(labels).min()))
     if n_splits < 2:
         return 0.5
@@ -287,7 +289,9 @@ def categorical_auc(values: pd.Series, labels: np.ndarray, seed: int = 0, smooth
         table = pd.DataFrame({"k": keys[train], "y": labels[train]}).groupby("k")["y"].agg(["sum", "count"])
         enc = (table["sum"] + smoothing * prior) / (table["count"] + smoothing)
         scores[test] = pd.Series(keys[test]).map(enc).fillna(prior).to_numpy()
-    return _auc(labels, scores)
+    # Out-of-fold encodings of an uninformative feature lean *against* the held-out labels (each fold's
+    # prior leaves its own positives out), so they can score below 0.5: that is chance, reported as 0.5.
+    return max(0.5, _auc(labels, scores))
 
 
 def numeric_auc(values: pd.Series, labels: np.ndarray) -> float:
@@ -503,6 +507,14 @@ def analyse(facts: pd.DataFrame, options: VerifyOptions | None = None) -> dict[s
         **counts,
         "unlabelled": int(facts["label"].isna().sum()),
         "ai_share": round(counts["ai"] / total, 4) if sum(counts.values()) else None,
+        "by_split": {
+            str(split): {
+                "real": int((part["label"] == 0).sum()),
+                "ai": int((part["label"] == 1).sum()),
+                "unlabelled": int(part["label"].isna().sum()),
+            }
+            for split, part in facts.groupby("split", sort=False)
+        },
     }
     if sum(counts.values()) and min(counts.values()) / total < 0.25:
         warnings.append(f"classes are imbalanced: real {counts['real']}, ai {counts['ai']}")
@@ -638,6 +650,9 @@ def summary_text(report: dict[str, Any]) -> str:
         + (f" (AI share {balance['ai_share']:.1%})" if balance["ai_share"] is not None else "")
         + (f", unlabelled {balance['unlabelled']}" if balance["unlabelled"] else "")
     )
+    if len(balance.get("by_split", {})) > 1:
+        for split, c in balance["by_split"].items():
+            lines.append(f"  {split}: real {c['real']}, ai {c['ai']}, unlabelled {c['unlabelled']}")
     dists = report["distributions"]
     for title, key in (("Format", "format"), ("JPEG quality", "jpeg_quality"), ("Width×height", "width_x_height"),
                        ("Colour mode", "mode"), ("Metadata", "metadata")):  # fmt: skip

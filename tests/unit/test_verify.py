@@ -152,6 +152,8 @@ def _labelled(n: int = 40, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
 def test_shortcut_audit_flags_format_not_unique_sizes_and_reports_file_size():
     facts, labels = _labelled()
     audit = {f["feature"]: f for f in shortcut_audit(facts)["features"]}
+    assert audit["format"]["auc"] == 0.5 and audit["metadata"]["auc"] == 0.5  # constant: exactly chance
+    assert all(f["auc"] >= 0.5 for f in audit.values())
     assert audit["width_x_height"]["auc"] < 0.9 and not audit["width_x_height"]["blocking"]
     assert audit["file_size"]["separates"] and not audit["file_size"]["blocking"]
     assert not any(f["blocking"] for f in audit.values())
@@ -169,7 +171,10 @@ def test_analyse_clean_kaggle_dataset_passes_with_file_size_reported(tmp_path: P
     root = make_kaggle_dataset(tmp_path / "ds", n_pairs=12, size=48, n_test=0)
     report = analyse(facts_of(read_manifest(root)))
     assert report["ok"] and report["blocking"] == []
-    assert report["class_balance"] == {"real": 12, "ai": 12, "unlabelled": 0, "ai_share": 0.5}
+    assert report["class_balance"] == {
+        "real": 12, "ai": 12, "unlabelled": 0, "ai_share": 0.5,
+        "by_split": {"train": {"real": 12, "ai": 12, "unlabelled": 0}},
+    }  # fmt: skip
     assert report["distributions"]["real"]["format"] == {"PNG": 12}
     assert report["distributions"]["ai"]["width_x_height"] == {"48x48": 12}
     near = report["near_duplicates"]
