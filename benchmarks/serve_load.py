@@ -92,6 +92,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _batch_stats(url: str) -> tuple[int, int]:
+    """(forward passes, images) the model replica has run so far."""
+    import httpx
+
+    info = httpx.get(f"{url}/v1/model", timeout=30).json()
+    return info["batches"], info["batched_images"]
+
+
 def _serve_pids(url: str) -> dict[str, int]:
     """pids of the load generator (this process), Serve's proxy and controller, the ingress and the model."""
     import httpx
@@ -224,7 +232,11 @@ def main(argv: list[str] | None = None) -> dict:
                 pids = _serve_pids(url)
                 for concurrency in levels:
                     cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+                    stats_before = _batch_stats(url)
                     row = asyncio.run(_level(url, data, concurrency, max(args.requests, 4 * concurrency), args.cap_s))
+                    stats_after = _batch_stats(url)
+                    batches = stats_after[0] - stats_before[0]
+                    row["mean_batch_size"] = (stats_after[1] - stats_before[1]) / batches if batches else 0.0
                     served = max(1, len(row["latencies"]))
                     row["cpu_ms_per_request"] = {
                         name: 1000 * (_cpu_seconds(pid) - cpu_before[name]) / served for name, pid in pids.items()
@@ -233,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
                     errors = f" ({row['errors']} errors)" if row["errors"] else ""
                     print(f"round {round_index + 1} {mode:<12} c={concurrency:<3} n={len(row['latencies']):<4} "
                           f"p50 {1000 * _percentile(row['latencies'], 50):8.1f} ms  "
-                          f"{row['throughput_rps']:7.2f} req/s{errors}", flush=True)
+                          f"{row['throughput_rps']:7.2f} req/s  mean batch {row['mean_batch_size']:4.1f}{errors}",
+                          flush=True)
                 if round_index == 0:
                     overhead[mode] = _paired_overhead(url, data, model_uri, args.torch_threads, args.pairs)
     finally:
@@ -242,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary: dict = {"model_uri": model_uri, "load_before": load_before, "rounds": args.rounds, "levels": {}}
     print()
-    print(f"{'mode':<12} {'c':>3} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8}   CPU ms per request: "
+    print(f"{'mode':<12} {'c':>3} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'batch':>5}   CPU ms per request: "
           + "  ".join(f"{name:>6}" for name in CPU_COLUMNS))
     for mode in modes:
         summary["levels"][mode] = []
@@ -255,11 +268,12 @@ def main(argv: list[str] | None = None) -> dict:
                      "errors": sum(row["errors"] for row in rows),
                      "p50_ms": 1000 * _percentile(latencies, 50), "p99_ms": 1000 * _percentile(latencies, 99),
                      "throughput_rps": statistics.median(row["throughput_rps"] for row in rows),
+                     "mean_batch_size": statistics.mean(row["mean_batch_size"] for row in rows),
                      "cpu_ms_per_request": cpu}
             summary["levels"][mode].append(entry)
             cpu_text = "  ".join(f"{cpu.get(name, 0):6.1f}" for name in CPU_COLUMNS)
             print(f"{mode:<12} {concurrency:>3} {entry['requests']:>5} {entry['p50_ms']:>9.1f} {entry['p99_ms']:>9.1f} "
-                  f"{entry['throughput_rps']:>8.2f}   {cpu_text}")
+                  f"{entry['throughput_rps']:>8.2f} {entry['mean_batch_size']:>5.1f}   {cpu_text}")
     top = max(levels)
     on = next(e for e in summary["levels"]["batching"] if e["concurrency"] == top)["throughput_rps"]
     off = next(e for e in summary["levels"]["no_batching"] if e["concurrency"] == top)["throughput_rps"]

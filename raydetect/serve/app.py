@@ -198,6 +198,8 @@ class DetectorModel:
         self.revision: Any = None
         self.loaded_at: str | None = None
         self._lock = threading.Lock()  # one model call at a time: Grad-CAM hooks must not see predictions
+        self.batches = 0  # forward passes of predict, and the images they carried (dynamic batching at work)
+        self.batched_images = 0
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this at start and on every `user_config` change: (re)load the model if its URI or
@@ -252,6 +254,8 @@ class DetectorModel:
             "pid": os.getpid(),
             "max_batch_size": self.predict._get_max_batch_size(),
             "batch_wait_timeout_s": self.predict._get_batch_wait_timeout_s(),
+            "batches": self.batches,
+            "batched_images": self.batched_images,
         }
 
     def _predict_sync(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -264,6 +268,8 @@ class DetectorModel:
             if good:
                 batch = normalise_crops([crops[i] for i in good], tuple(card.mean), tuple(card.std))
                 probs = detector.predict(batch)
+                self.batches += 1
+                self.batched_images += len(good)
                 for i, prob in zip(good, probs, strict=True):
                     prob = float(prob)
                     out[i] = {
@@ -442,17 +448,18 @@ class RayDetectAPI:
         if self.api_key is None:
             return
         if not self.api_key.matches(bearer_token(request.headers.get("authorization"))):
-            self.audit.write(event="unauthorized", request_id=rid, client=self._client(request), route=route,
+            self.audit.write(event="unauthorized", request_id=rid, **self._client(request), route=route,
                              status=401)
             raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer <key>)", rid,
                            headers={"WWW-Authenticate": "Bearer"})
 
     @staticmethod
-    def _client(request: Request) -> str | None:
+    def _client(request: Request) -> dict[str, str | None]:
+        """The client as Serve's proxy reports it (uvicorn honours X-Forwarded-For only from trusted local
+        proxies), and the raw X-Forwarded-For claim kept apart (a caller can write any header)."""
         forwarded = request.headers.get("x-forwarded-for")
-        if forwarded:
-            return forwarded.split(",")[0].strip()[:64]
-        return request.client.host if request.client else None
+        return {"client": request.client.host if request.client else None,
+                "forwarded_for": forwarded.split(",")[0].strip()[:64] if forwarded else None}
 
     async def _read_body(self, request: Request, rid: str) -> bytes:
         limit = self.options.max_body_bytes
@@ -526,7 +533,7 @@ class RayDetectAPI:
         raise RuntimeError("the model's input size kept changing while this request was served")
 
     def _reject(self, exc: ApiError, request: Request, route: str, sha: str | None = None) -> None:
-        self.audit.write(event="rejected", request_id=exc.request_id, client=self._client(request), route=route,
+        self.audit.write(event="rejected", request_id=exc.request_id, **self._client(request), route=route,
                          sha256=sha, status=exc.status, reason=exc.reason)
 
     async def _one_image(self, request: Request, rid: str, route: str):
@@ -543,7 +550,7 @@ class RayDetectAPI:
         return filename, data, sha, decoded
 
     def _record(self, event: str, request: Request, rid: str, route: str, sha: str, result: dict, ms: float):
-        self.audit.write(event=event, request_id=rid, client=self._client(request), route=route, sha256=sha,
+        self.audit.write(event=event, request_id=rid, **self._client(request), route=route, sha256=sha,
                          prob_ai=round(result["prob_ai"], 6), decision=result["decision"],
                          model_name=result["model_name"], model_version=result["model_version"], latency_ms=ms,
                          status=200)

@@ -93,7 +93,7 @@ class AuditLog:
     """Appends one JSON line per event to a local file (O_APPEND, one write per line, so several replicas
     on one node can share it). `path=None` keeps the lines in memory only (tests, dry runs)."""
 
-    FIELDS = ("time", "event", "request_id", "client", "route", "sha256", "prob_ai", "decision",
+    FIELDS = ("time", "event", "request_id", "client", "forwarded_for", "route", "sha256", "prob_ai", "decision",
               "model_name", "model_version", "latency_ms", "status", "reason")
 
     def __init__(self, path: str | Path | None):

@@ -138,7 +138,10 @@ def test_audit_log_has_one_line_per_prediction_and_no_image_bytes(server):
     assert len(lines) == 1
     record = json.loads(lines[0])
     assert record["event"] == "predict" and record["request_id"] == response.json()["request_id"]
-    assert record["sha256"] == response.json()["sha256"] and record["client"] == "203.0.113.7"
+    assert record["sha256"] == response.json()["sha256"]
+    # the raw header is kept apart; `client` is the proxy's view (uvicorn trusts X-Forwarded-For only from
+    # 127.0.0.1, which is where this test connects from)
+    assert record["forwarded_for"] == "203.0.113.7" and record["client"] in {"127.0.0.1", "203.0.113.7"}
     assert record["model_version"] == "1" and record["decision"] == response.json()["decision"]
     assert {"time", "prob_ai", "latency_ms"} <= set(record)
     text = audit.read_text()
