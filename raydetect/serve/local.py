@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -106,8 +107,10 @@ def sample_png(size: int = 96, seed: int = 0) -> bytes:
 
 
 def smoke_check(url: str, image: bytes | None = None, api_key: str | None = None) -> dict[str, Any]:
-    """healthz, then one `POST /v1/predict`; returns the prediction JSON (raises on any failure)."""
+    """healthz, then one `POST /v1/predict` (with `api_key`, else $RAYDETECT_API_KEY when set); returns the
+    prediction JSON (raises on any failure)."""
     wait_healthy(url, timeout_s=30)
+    api_key = api_key if api_key is not None else os.environ.get("RAYDETECT_API_KEY") or None
     headers = {"Content-Type": "application/octet-stream"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
