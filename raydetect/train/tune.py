@@ -98,7 +98,8 @@ def _trial(
 
 
 def _max_concurrent(settings: Settings) -> int:
-    """Trials that fit at once: each needs its workers' CPUs (+ GPUs), a decode actor and a read task."""
+    """Trials that fit at once: each needs its workers' CPUs (+ GPUs), a decode actor and one CPU of headroom
+    (so Ray Data never waits on a CPU held by another trial: on small clusters trials run one by one)."""
     import ray
 
     if settings.train.tune_max_concurrent:
