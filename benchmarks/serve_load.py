@@ -25,6 +25,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)  # the random model, settings file and audit log
 
     summary: dict = {"model_uri": model_uri, "load_before": load_before, "rounds": args.rounds, "levels": {}}
     print()
