@@ -9,9 +9,11 @@ In one run it measures
   (c) `raydetect.score.pipeline.score_run` end to end (listing → Parquet + `_SUCCESS`, actor start-up
       included; Ray's own start-up excluded) and in steady state (rows scored between the first and the last
       model batch, from the rows' `scored_at`),
-and prints images/s for each and the ratios (c)/(a) and (c)/(b). Images: N photo-like JPEGs (q90) of
-`--side` px, with fine noise so decoding costs what a photo costs; model: an untrained backbone (weights
-`none`; throughput does not depend on the weights).
+and prints images/s for each and the ratios (c)/(a) and (c)/(b). It also prints the CPU time each spends per
+image (the pipeline's counts every process of its local Ray cluster, start-up included): on a machine shared
+with other work, throughput follows the share of CPU each gets, while CPU per image depends on it much less.
+Images: N photo-like JPEGs (q90) of `--side` px, with fine noise so decoding costs what a photo costs; model:
+an untrained backbone (weights `none`; throughput does not depend on the weights).
 """
 
 from __future__ import annotations
@@ -71,6 +73,35 @@ def model_only(batches: list[np.ndarray], detector) -> float:
     return sum(len(t) for t in tensors) / (time.perf_counter() - start)
 
 
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """CPU seconds (user + system, reaped children included) of a process and all its descendants, from
+    /proc (Linux; NaN elsewhere). A local Ray cluster started by this process is its descendants."""
+    root = os.getpid() if root is None else root
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        stats: dict[int, tuple[int, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    rest = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            stats[int(entry)] = (int(rest[1]), sum(int(v) for v in rest[11:15]) / tick)
+    except (OSError, ValueError, AttributeError):
+        return float("nan")
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
 def steady_state(rows) -> float:
     """Rows per second between the first and the last model batch (from `scored_at`)."""
     stamps = rows.groupby("scored_at").size().sort_index()
@@ -119,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # (a) plain loop, best thread count (probed on a slice), warm-up included in the probe
     probe = paths[: min(len(paths), 4 * args.batch_size)]
+    plain_loop(probe[: args.batch_size], detector, args.image_size, args.batch_size)  # warm-up (kernels, caches)
     trials = {}
     for threads in sorted({1, max(1, cores // 2), cores}):
         torch.set_num_threads(threads)
@@ -128,9 +160,13 @@ def main(argv: list[str] | None = None) -> dict:
     batches: list[np.ndarray] = []
     out["plain_threads_probe"] = {str(k): round(v, 2) for k, v in trials.items()}
     out["plain_threads"] = best
+    cpu = tree_cpu_seconds()
     out["a_plain_loop"] = plain_loop(paths, detector, args.image_size, args.batch_size, keep=batches)
+    out["a_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / args.n
     # (b) model only on preloaded tensors
+    cpu = tree_cpu_seconds()
     out["b_model_only"] = model_only(batches, detector)
+    out["b_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / args.n
     del batches
 
     # (c) the Ray Data pipeline (its own local cluster of this machine's cores)
@@ -138,12 +174,13 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), tree_cpu_seconds()
         manifest = score_run(
             str(work / "images"), model_uri, str(work / "out"), f"bench{int(time.time())}",
             batch_size=args.batch_size, actors=args.actors, settings=settings, split="folder",
         )  # fmt: skip
         out["c_pipeline_end_to_end"] = manifest["counts"]["rows"] / (time.perf_counter() - start)
+        out["c_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / args.n  # driver + the whole local cluster
         rows, _ = results.read_rows(manifest["output"], ["scored_at"])
         out["c_pipeline_steady_state"] = steady_state(rows)
         out["pipeline"] = {k: manifest[k] for k in ("actors", "batch_size", "elapsed_s", "pipeline_s")}
@@ -156,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     out["a_plain_loop_after"] = plain_loop(paths, detector, args.image_size, args.batch_size)
     plain = (out["a_plain_loop"] + out["a_plain_loop_after"]) / 2
     out["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    # CPU time per image: what each way costs, whatever share of a shared machine it happened to get.
+    out["ratio_cpu_cost_plain_vs_pipeline"] = out["a_cpu_ms_per_image"] / out["c_cpu_ms_per_image"]
     out["ratio_steady_vs_plain"] = out["c_pipeline_steady_state"] / plain
     out["ratio_end_to_end_vs_plain"] = out["c_pipeline_end_to_end"] / plain
     out["ratio_steady_vs_model_only"] = out["c_pipeline_steady_state"] / out["b_model_only"]
@@ -165,14 +204,17 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.n} JPEGs {args.side}px -> {args.image_size}px, {args.backbone} (untrained), batch {args.batch_size}, "
         f"{cores} cores, load average before/after {out['load_average_before_after']}",
         f"(a) plain loop, {best} thread(s)        {out['a_plain_loop']:8.1f} img/s"
-        f"  (again after (c): {out['a_plain_loop_after']:.1f})",
-        f"(b) model only, preloaded tensors     {out['b_model_only']:8.1f} img/s",
+        f"  (again after (c): {out['a_plain_loop_after']:.1f}); CPU {out['a_cpu_ms_per_image']:.1f} ms/image",
+        f"(b) model only, preloaded tensors     {out['b_model_only']:8.1f} img/s"
+        f"  CPU {out['b_cpu_ms_per_image']:.1f} ms/image",
         f"(c) Ray Data pipeline, steady state   {out['c_pipeline_steady_state']:8.1f} img/s",
         f"(c) Ray Data pipeline, end to end     {out['c_pipeline_end_to_end']:8.1f} img/s"
-        f"  (actors {out['pipeline']['actors']}, decode num_cpus {settings.score.decode_num_cpus})",
+        f"  (actors {out['pipeline']['actors']}, decode num_cpus {settings.score.decode_num_cpus});"
+        f" CPU {out['c_cpu_ms_per_image']:.1f} ms/image, all Ray processes, start-up included",
         f"(c)/(a): steady {out['ratio_steady_vs_plain']:.2f}, end to end {out['ratio_end_to_end_vs_plain']:.2f}",
         f"(c)/(b): steady {out['ratio_steady_vs_model_only']:.2f}, "
         f"end to end {out['ratio_end_to_end_vs_model_only']:.2f}",
+        f"CPU time per image, (a)/(c): {out['ratio_cpu_cost_plain_vs_pipeline']:.2f}",
     ]
     print("\n" + "\n".join(lines))
     if args.json:
