@@ -40,7 +40,8 @@ class BenchmarkSettings(_Section):
     jpeg_quality: int = Field(95, ge=1, le=100)  # used when encoding is jpeg
     diffusion_model: str | None = None  # diffusers id/folder for `ddpm`; null -> fit our own (cached)
     fit_steps: int = Field(500, gt=0)  # training steps of our own small UNet
-    sdedit_strength: float = Field(0.3, gt=0, le=1)
+    fit_threads: int = Field(2, gt=0)  # torch threads for that training (1 is faster on a busy machine)
+    sdedit_strength: float = Field(0.25, gt=0, le=1)
     sdedit_steps: int = Field(20, gt=0)  # DDIM schedule; round(steps * strength) are run
     actor_num_cpus: float = Field(0.5, gt=0)  # per generator actor (capped so every pool fits the cluster)
     max_actors: int = Field(2, gt=0)  # per generator

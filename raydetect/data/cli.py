@@ -190,7 +190,7 @@ def fit_generator_command(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps (default: benchmark.fit_steps).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the config's seed).")] = None,
-    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: benchmark.fit_threads).")] = None,
     force: Annotated[bool, typer.Option(help="Retrain even when the cached model exists.")] = False,
     config: ConfigOption = None,
     overrides: SetOption = None,
@@ -201,11 +201,13 @@ def fit_generator_command(
     from raydetect.data.benchmark.diffusion import FitConfig, fit_generator, generator_dir
     from raydetect.data.benchmark.sources import find_photos
 
-    settings = settings_from(config, overrides, **{"benchmark.fit_steps": steps, "seed": seed})
+    settings = settings_from(
+        config, overrides, **{"benchmark.fit_steps": steps, "benchmark.fit_threads": threads, "seed": seed}
+    )
     fit = FitConfig(steps=settings.benchmark.fit_steps, seed=settings.seed)
     photos = find_photos()
     folder = Path(out) if out else generator_dir(Path(settings.workdir) / "generators", fit, photos)
     if not force and (folder / "unet").is_dir():
         typer.echo(f"{folder} exists (use --force to retrain)")
         return
-    fit_generator(photos, folder, fit, threads=threads, progress=True, log=typer.echo)
+    fit_generator(photos, folder, fit, threads=settings.benchmark.fit_threads, progress=True, log=typer.echo)

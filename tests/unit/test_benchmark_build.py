@@ -82,3 +82,19 @@ def test_jpeg_encoding_and_a_non_benchmark_folder(tmp_path):
         _build(tmp_path / "x", generators=["midjourney"])
     with pytest.raises(BenchmarkError, match="multiple of 4"):
         _build(tmp_path / "x", size=30)
+
+
+def test_cli_build_benchmark(tmp_path):
+    from typer.testing import CliRunner
+
+    from raydetect.cli import app
+
+    runner = CliRunner()
+    args = ["data", "build-benchmark", str(tmp_path / "b"), "--n-pairs", "2", "--generators", "waifu2x", "--size",
+            "32", "--sources", "sklearn", "--local", "--set", f"workdir={tmp_path / 'wd'}"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "built" in result.output and (tmp_path / "b" / "train.csv").is_file()
+    assert "reused" in runner.invoke(app, args).output
+    bad = runner.invoke(app, [*args[:3], "--generators", "dalle", "--local"])
+    assert bad.exit_code == 1 and "unknown generator" in bad.output

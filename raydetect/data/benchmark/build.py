@@ -66,7 +66,7 @@ def make_generator(
     name: str,
     threads: int = 1,
     diffusion: DiffusionBundle | None = None,
-    strength: float = 0.3,
+    strength: float = 0.25,
     steps: int = 20,
 ) -> GeneratorFn:
     """The generator called `name` (loaded in the process that calls this: an actor, or the driver)."""
@@ -128,8 +128,11 @@ class PairBuilder:
         return len(data), sha256_hex(data)
 
     def build_row(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
         real = render_crop(self._photo(row["photo_path"]), (row["left"], row["top"], row["side"]), self.size)
+        generate_started = time.perf_counter()
         fake = self.generate(real, int(row["noise_seed"]))
+        generate_s = time.perf_counter() - generate_started
         if fake.shape != real.shape or fake.dtype != np.uint8:
             raise RuntimeError(f"generator {row['generator']} returned {fake.shape} {fake.dtype}, not {real.shape}")
         out = []
@@ -152,6 +155,8 @@ class PairBuilder:
                     "sha256": digest,
                 }
             )
+        out[1]["generate_s"] = generate_s  # the generator's own time, and the whole pair's (crop, encode, write)
+        out[1]["pair_s"] = time.perf_counter() - started
         return out
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -342,7 +347,7 @@ def build_benchmark(
     sources: Sequence[str] | None = None,
     diffusion_model: str | None = None,
     fit: FitConfig | None = None,
-    sdedit_strength: float = 0.3,
+    sdedit_strength: float = 0.25,
     sdedit_steps: int = 20,
     cache_dir: str | Path = ".raydetect/generators",
     use_ray: bool = True,
@@ -395,6 +400,7 @@ def build_benchmark(
                 "model": diffusion_model or "raydetect-fit",
                 "fit": None if diffusion_model else asdict(fit),
                 "strength": float(sdedit_strength),
+                "color_fix": True,
                 "steps": int(sdedit_steps),
             }
             if uses_ddpm
@@ -473,6 +479,13 @@ def build_benchmark(
         },
         "groups": {split: int(part["group"].nunique()) for split, part in rows.groupby("split")},
         "mean_bytes": {str(label): round(float(part["n_bytes"].mean()), 1) for label, part in rows.groupby("label")},
+        "seconds_per_pair": {  # measured inside the workers (CPU contention included)
+            name: {
+                "generate": round(float(part["generate_s"].mean()), 3),
+                "pair": round(float(part["pair_s"].mean()), 3),
+            }
+            for name, part in rows[rows["label"] == 1].groupby("generator")
+        },
     }
     seconds = time.perf_counter() - started
     card = {
@@ -521,6 +534,7 @@ def build_from_settings(out: str | Path, settings, **overrides: Any) -> Benchmar
         "jpeg_quality": bench.jpeg_quality,
         "diffusion_model": bench.diffusion_model,
         "fit": FitConfig(steps=bench.fit_steps, seed=settings.seed),
+        "fit_threads": bench.fit_threads,
         "sdedit_strength": bench.sdedit_strength,
         "sdedit_steps": bench.sdedit_steps,
         "cache_dir": Path(settings.workdir) / "generators",

@@ -1,15 +1,18 @@
 """The `ddpm` generator: SDEdit regeneration with a `diffusers` UNet2DModel and a DDIM scheduler.
 
 SDEdit: noise the real crop to a chosen strength (a fraction of the diffusion's timesteps), then denoise
-it with a few deterministic DDIM steps. The result keeps the layout and colours of the crop; its fine
-detail is the network's.
+it with a few deterministic DDIM steps. The result keeps the layout of the crop; its fine detail is the
+network's.
 
 No diffusion weights can be downloaded on our machines, so `fit_generator` trains a small pixel-space
 UNet (channels 16/32/64, no attention, ~0.64 M parameters) on random real crops for a few minutes on CPU.
 Training draws timesteps only from the range SDEdit uses (`t_max`), which is what makes a few minutes
-enough. The result is saved as a `diffusers` DDPM pipeline folder (`model_index.json`, `unet/`,
-`scheduler/`) in a cache keyed by its parameters; `load_diffusion` accepts that folder or any diffusers
-model id / local path holding a pixel-space `UNet2DModel` (a `unet/` subfolder or the model itself).
+enough, and the UNet predicts the clean image (`prediction_type="sample"`): a briefly trained epsilon or
+v model leaves visible grain at the last steps (a free "AI" label no real generator has), an x0 model
+gives clean, smooth output instead. The result is saved as a `diffusers` DDPM pipeline folder
+(`model_index.json`, `unet/`, `scheduler/`) in a cache keyed by its parameters; `load_diffusion` accepts
+that folder or any diffusers model id / local path holding a pixel-space `UNet2DModel` (a `unet/`
+subfolder or the model itself; its scheduler config says what it predicts).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class FitConfig:
     batch_size: int = 32
     lr: float = 1e-3
     t_max: float = 0.5  # train on timesteps [0, t_max * T): the part SDEdit uses
+    prediction_type: str = "sample"  # what the UNet predicts: sample (x0), epsilon or v_prediction
     pool: int = 2048  # real crops extracted once, sampled (with flips) for every batch
     num_train_timesteps: int = 1000
     seed: int = 0
@@ -147,7 +151,11 @@ def fit_generator(
         generator = torch.Generator().manual_seed(config.seed)
         pool = torch.from_numpy(crop_pool(photos, config.pool, config.size, config.seed)).permute(0, 3, 1, 2)
         unet = build_unet(config)
-        noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear")
+        noise_scheduler = DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            beta_schedule="linear",
+            prediction_type=config.prediction_type,
+        )
         optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4)
         warmup = max(1, config.steps // 20)
         lr_at = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))  # noqa: E731
@@ -164,7 +172,13 @@ def fit_generator(
             noise = torch.randn(batch.shape, generator=generator)
             timesteps = torch.randint(0, t_high, (config.batch_size,), generator=generator)
             noisy = noise_scheduler.add_noise(batch, noise, timesteps)
-            loss = torch.nn.functional.mse_loss(unet(noisy, timesteps).sample, noise)
+            if config.prediction_type == "sample":
+                target = batch
+            elif config.prediction_type == "v_prediction":
+                target = noise_scheduler.get_velocity(batch, noise, timesteps)
+            else:
+                target = noise
+            loss = torch.nn.functional.mse_loss(unet(noisy, timesteps).sample, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -264,10 +278,19 @@ def load_diffusion(model: str | Path) -> DiffusionBundle:
 class SDEditGenerator:
     """Real crop -> regenerated crop: noise to `strength`, then `round(steps * strength)` DDIM steps (eta 0).
 
+    `color_fix` matches each channel's mean and standard deviation to the input's afterwards (the AdaIN
+    colour correction of StableSR), so a small, briefly trained model's colour drift is not a free label.
     Deterministic for a seed (the initial noise comes from a seeded torch.Generator; one image at a time so
     batch composition cannot change the arithmetic)."""
 
-    def __init__(self, bundle: DiffusionBundle, strength: float = 0.3, steps: int = 20, threads: int = 1):
+    def __init__(
+        self,
+        bundle: DiffusionBundle,
+        strength: float = 0.25,
+        steps: int = 20,
+        threads: int = 1,
+        color_fix: bool = True,
+    ):
         import torch
         from diffusers import DDIMScheduler, UNet2DModel
 
@@ -283,6 +306,7 @@ class SDEditGenerator:
         keep = max(1, int(round(steps * strength)))
         self.timesteps = self.scheduler.timesteps[-keep:]
         self.multiple = 2 ** (len(self.unet.config.down_block_types) - 1)
+        self.color_fix = color_fix
 
     def __call__(self, image: np.ndarray, seed: int = 0) -> np.ndarray:
         torch = self.torch
@@ -297,7 +321,12 @@ class SDEditGenerator:
         sample = self.scheduler.add_noise(x0, noise, self.timesteps[:1])
         with torch.inference_mode():
             for t in self.timesteps:
-                eps = self.unet(sample, t).sample
-                sample = self.scheduler.step(eps, t, sample, eta=0.0).prev_sample
-        out = sample[0, :, :height, :width].clamp(-1, 1)
+                model_output = self.unet(sample, t).sample
+                sample = self.scheduler.step(model_output, t, sample, eta=0.0).prev_sample
+        out = sample[0, :, :height, :width]
+        if self.color_fix:
+            ref = x0[0, :, :height, :width]
+            mean, std = out.mean(dim=(1, 2), keepdim=True), out.std(dim=(1, 2), keepdim=True)
+            out = (out - mean) / (std + 1e-5) * ref.std(dim=(1, 2), keepdim=True) + ref.mean(dim=(1, 2), keepdim=True)
+        out = out.clamp(-1, 1)
         return ((out + 1.0) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
