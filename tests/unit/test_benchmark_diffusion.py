@@ -79,3 +79,16 @@ def test_load_diffusion_rejects_what_it_cannot_use(tmp_path):
         load_diffusion(tmp_path)
     with pytest.raises(ValueError, match="strength"):
         SDEditGenerator.__init__(object.__new__(SDEditGenerator), None, strength=0.0)  # type: ignore[arg-type]
+
+
+def test_any_diffusers_unet_folder_is_accepted(tmp_path, photos):
+    """--diffusion-model: a bare UNet2DModel folder (no scheduler: the default epsilon DDIM is used)."""
+    from raydetect.data.benchmark.diffusion import build_unet
+
+    unet = build_unet(FitConfig(channels=(8, 16, 16), size=32))
+    unet.save_pretrained(tmp_path / "bare")
+    bundle = load_diffusion(tmp_path / "bare")
+    assert bundle.scheduler_config["prediction_type"] == "epsilon" and bundle.info == {}
+    image = crop_pool(photos, 1, 32, seed=0)[0]
+    out = SDEditGenerator(bundle, strength=0.2, steps=10, threads=1)(image, 3)
+    assert out.shape == image.shape
