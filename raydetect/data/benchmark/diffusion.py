@@ -247,7 +247,7 @@ def load_diffusion(model: str | Path) -> DiffusionBundle:
     unet = None
     for subfolder in ("unet", None):
         try:
-            unet = UNet2DModel.from_pretrained(source, subfolder=subfolder)
+            unet = UNet2DModel.from_pretrained(source, subfolder=subfolder, low_cpu_mem_usage=False)
             break
         except (OSError, ValueError, EnvironmentError) as exc:  # noqa: UP024 - diffusers raises either
             errors.append(f"{subfolder or '.'}: {exc}")
