@@ -58,7 +58,7 @@ def run_demo(
     run_id = "demo"
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False)  # workers' progress bars and epoch reports reach the terminal
 
     overrides = {"n_pairs": n_pairs} if n_pairs else {}
     bench = _stage("1/6 offline benchmark", out, lambda: build_from_settings(bench_root, settings, **overrides), log)
