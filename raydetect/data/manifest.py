@@ -183,8 +183,13 @@ def _from_test_csv(root: str, settings: Settings | None, missing: MissingPolicy)
         if labels["_key"].duplicated().any():
             dups = labels.loc[labels["_key"].duplicated(), lkey].tolist()
             raise ManifestError(f"{labels_uri}: ids listed more than once: {_quote(dups)}")
-        mapping = labels.set_index("_key")["label"]
-        frame["label"] = frame[key].map(lambda v: safe_relative(v) or v).map(mapping).astype("Int64")
+        indexed = labels.set_index("_key")
+        keys = frame[key].map(lambda v: safe_relative(v) or v)
+        frame["label"] = keys.map(indexed["label"]).astype("Int64")
+        # Carry the labels file's optional columns (category, group, generator, processing, …) too.
+        for column in indexed.columns:
+            if column not in frame.columns and column not in (lkey, "label"):
+                frame[column] = keys.map(indexed[column])
     else:
         frame["label"] = pd.array([pd.NA] * len(frame), dtype="Int64")
     if missing == "raise":

@@ -85,6 +85,11 @@ def _table_html(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="grid")
 
 
+def processing_kind(values: pd.Series) -> pd.Series:
+    """`bicubic0.62+blur0.90+jpeg81` -> `bicubic+blur+jpeg` (the benchmark's replayable processing strings)."""
+    return values.fillna("none").astype(str).str.replace(r"[0-9.]+", "", regex=True)
+
+
 def evaluate_frame(joined: pd.DataFrame, threshold: float) -> dict:
     """Overall metrics plus one table per optional group column present."""
     labels = joined["label"].astype(int).to_numpy()
@@ -92,7 +97,10 @@ def evaluate_frame(joined: pd.DataFrame, threshold: float) -> dict:
     result: dict = {"overall": binary_metrics(labels, prob_ai, threshold), "groups": {}}
     for column in GROUP_COLUMNS:
         if column in joined and joined[column].notna().any():
-            result["groups"][column] = metrics_by_group(joined, column, threshold)
+            frame = joined
+            if column == "processing":  # group by the kind of processing, not its exact parameters
+                frame = joined.assign(processing=processing_kind(joined["processing"]))
+            result["groups"][column] = metrics_by_group(frame, column, threshold)
     return result
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from raydetect.evaluate.metrics import binary_metrics, join_predictions, metrics_by_group
-from raydetect.evaluate.report import render_report, write_report
+from raydetect.evaluate.report import evaluate_frame, render_report, write_report
 
 
 def _scored(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -42,6 +42,13 @@ def test_group_metrics_cover_every_category():
     assert set(table["category"]) == {"human", "other"}
     assert table["n"].sum() == len(frame)
     assert ((table["accuracy"] >= 0) & (table["accuracy"] <= 1)).all()
+
+
+def test_processing_is_grouped_by_kind_not_parameters():
+    frame = _scored(8).assign(processing=["none", "jpeg81", "jpeg64", "blur0.9+jpeg70"] * 2)
+    table = evaluate_frame(frame, 0.5)["groups"]["processing"]
+    assert sorted(table["processing"]) == ["blur+jpeg", "jpeg", "none"]
+    assert table.set_index("processing")["n"].to_dict() == {"none": 2, "jpeg": 4, "blur+jpeg": 2}
 
 
 def test_join_drops_error_rows_and_unlabelled():

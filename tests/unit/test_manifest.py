@@ -54,6 +54,15 @@ def test_test_labels_are_joined_when_present(kaggle: Path):
     assert df["label"].iloc[0] == 1 and df["label"].iloc[1:].isna().all()
 
 
+def test_test_labels_carry_their_optional_columns(kaggle: Path):
+    ids = pd.read_csv(kaggle / "test.csv")["id"].tolist()
+    labels = pd.DataFrame({"id": ids, "label": [0, 1] * (len(ids) // 2), "category": "human", "generator": "esrgan"})
+    labels.to_csv(kaggle / "test_labels.csv", index=False)
+    df = read_manifest(kaggle, "test")
+    assert (df["category"] == "human").all() and (df["generator"] == "esrgan").all()
+    assert df["label"].tolist() == labels["label"].tolist()
+
+
 def test_missing_column_is_named(kaggle: Path):
     _write_csv(kaggle, "file_name,target\ntrain_data/0000_0.png,0\n")
     with pytest.raises(ManifestError, match=r"missing required column\(s\) 'label'"):
