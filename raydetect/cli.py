@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from raydetect.config import Settings, load_settings
+from raydetect.cli_options import ConfigOption, SetOption, settings_from
 
 app = typer.Typer(
     name="raydetect",
@@ -16,18 +15,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML file over the embedded defaults.", exists=True)
-]
-SetOption = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
-]
 
-
-def settings_from(config: Path | None, overrides: list[str] | None, **flags: object) -> Settings:
-    """Defaults < YAML file < --set overrides < explicit flags (dotted names; None means 'not given')."""
-    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    return load_settings(config, [*(overrides or []), *extra])
 
 
 @app.command()

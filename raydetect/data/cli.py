@@ -8,14 +8,10 @@ from typing import Annotated
 
 import typer
 
+from raydetect.cli_options import ConfigOption, SetOption, settings_from
+
 app = typer.Typer(help="Datasets: verify, folds, build the offline benchmark.", no_args_is_help=True)
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML file over the embedded defaults.", exists=True)
-]
-SetOption = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
-]
 
 
 def ensure_ray() -> None:
@@ -45,7 +41,6 @@ def verify_command(
 ) -> None:
     """Check a dataset: unreadable/missing files, duplicates, near-duplicates, class balance, per-class
     formats/sizes/JPEG qualities, and a shortcut audit. Exit 0 when clean, 1 on blocking problems."""
-    from raydetect.cli import settings_from
     from raydetect.data.manifest import ManifestError
     from raydetect.data.verify import VerifyOptions, summary_text, verify, write_groups, write_report
 
@@ -86,7 +81,6 @@ def folds_command(
     overrides: SetOption = None,
 ) -> None:
     """Stratified k-fold assignment that never splits a group; writes ROOT/folds.parquet."""
-    from raydetect.cli import settings_from
     from raydetect.data.folds import assign_folds, fold_summary, write_folds
     from raydetect.data.manifest import ManifestError, read_manifest
 
@@ -150,7 +144,6 @@ def build_benchmark_command(
 ) -> None:
     """Build the offline benchmark (Kaggle layout): real photo crops and their AI counterparts from several
     generators, label-independent processing, one size and encoding. Skipped when OUT already holds it."""
-    from raydetect.cli import settings_from
     from raydetect.data.benchmark import BenchmarkError, build_from_settings
     from raydetect.data.benchmark.degrade import check_encoding
 
@@ -197,7 +190,6 @@ def fit_generator_command(
 ) -> None:
     """Train the small diffusers UNet that the `ddpm` generator uses (minutes on CPU; cached, so
     build-benchmark reuses it). The folder is a diffusers DDPM pipeline."""
-    from raydetect.cli import settings_from
     from raydetect.data.benchmark.diffusion import FitConfig, fit_generator, generator_dir
     from raydetect.data.benchmark.sources import find_photos
 

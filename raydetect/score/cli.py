@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML file over the embedded defaults.", exists=True)
-]
-SetOption = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
-]
+from raydetect.cli_options import ConfigOption, SetOption, settings_from
 
 
 def init_ray(address: str | None = None) -> None:
@@ -64,7 +58,6 @@ def score(
     overrides: SetOption = None,
 ) -> None:
     """Score images in bulk on Ray Data into Parquet predictions (path, sha256, prob_ai, decision, …)."""
-    from raydetect.cli import settings_from
 
     settings = settings_from(config, overrides, **{"score.batch_size": batch_size})
     try:

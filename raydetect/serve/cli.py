@@ -8,13 +8,9 @@ from typing import Annotated
 
 import typer
 
+from raydetect.cli_options import ConfigOption, SetOption
+
 # Defined here, not imported from raydetect.cli, so `python -m raydetect.cli` has no import cycle.
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML file over the embedded defaults.", exists=True)
-]
-SetOption = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
-]
 
 
 def serve(

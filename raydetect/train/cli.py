@@ -7,16 +7,10 @@ from typing import Annotated
 
 import typer
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML file over the embedded defaults.", exists=True)
-]
-SetOption = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
-]
+from raydetect.cli_options import ConfigOption, SetOption, settings_from
 
 
 def _settings(config: Path | None, overrides: list[str] | None, **flags: object):
-    from raydetect.cli import settings_from
 
     return settings_from(config, overrides, **flags)
 
