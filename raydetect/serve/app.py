@@ -45,6 +45,7 @@ from starlette.concurrency import run_in_threadpool
 
 from raydetect.config import Settings, load_settings
 from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
+from raydetect.serve.coalesce import Coalescer
 from raydetect.serve.security import AuditLog, bearer_token, load_api_key, request_id
 
 logger = logging.getLogger("ray.serve")
@@ -54,6 +55,16 @@ INGRESS_DEPLOYMENT = "RayDetectAPI"
 MODEL_URI_ENV = "RAYDETECT_MODEL_URI"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_S = 0.01
+# Serve batches may all be in flight at once: they wait in the Coalescer, which merges them per forward pass.
+MAX_CONCURRENT_BATCHES = 256
+
+
+class _DropConcurrentBatchesWarning(logging.Filter):
+    """Serve warns when max_batch_size * max_concurrent_batches > max_ongoing_requests, which is always
+    true here by design (the Coalescer, not the concurrency cap, bounds each forward pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "max_concurrent_batches" not in record.getMessage()
 
 # Decode failures -> HTTP status. Everything an uploader can cause is a 4xx.
 DECODE_STATUS = {
@@ -200,6 +211,9 @@ class DetectorModel:
         self._lock = threading.Lock()  # one model call at a time: Grad-CAM hooks must not see predictions
         self.batches = 0  # forward passes of predict, and the images they carried (dynamic batching at work)
         self.batched_images = 0
+        self.largest_batch = 0
+        self._coalescer = Coalescer(self._predict_sync, lambda: self.predict._get_max_batch_size())
+        logging.getLogger("ray.serve").addFilter(_DropConcurrentBatchesWarning())
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this at start and on every `user_config` change: (re)load the model if its URI or
@@ -256,6 +270,7 @@ class DetectorModel:
             "batch_wait_timeout_s": self.predict._get_batch_wait_timeout_s(),
             "batches": self.batches,
             "batched_images": self.batched_images,
+            "largest_batch": self.largest_batch,
         }
 
     def _predict_sync(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -270,6 +285,7 @@ class DetectorModel:
                 probs = detector.predict(batch)
                 self.batches += 1
                 self.batched_images += len(good)
+                self.largest_batch = max(self.largest_batch, len(good))
                 for i, prob in zip(good, probs, strict=True):
                     prob = float(prob)
                     out[i] = {
@@ -281,11 +297,18 @@ class DetectorModel:
                     }
             return [dict(item, batch_size=len(good)) for item in out]
 
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    @serve.batch(
+        max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+        batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S,
+        max_concurrent_batches=MAX_CONCURRENT_BATCHES,
+    )
     async def predict(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
         """P(AI) for a uint8 HWC crop at the model's input size (`{"stale": True}` when the size is not the
-        current model's, e.g. right after a reload: the caller re-crops and retries)."""
-        return await asyncio.to_thread(self._predict_sync, crops)
+        current model's, e.g. right after a reload: the caller re-crops and retries).
+
+        Serve's batches wait in the Coalescer while the model is busy; each forward pass then takes all
+        that waits, up to `max_batch_size` images (1 turns batching off: one image per forward pass)."""
+        return await self._coalescer.submit(crops)
 
     def _explain_sync(self, crop: np.ndarray) -> dict[str, Any]:
         from raydetect.explain.gradcam import gradcam_map, signed_target

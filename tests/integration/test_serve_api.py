@@ -112,6 +112,30 @@ def test_explain_returns_overlay_png_of_the_image_size(server):
     assert body["reason"].startswith("P(AI) = ") and "\n" not in body["reason"]
 
 
+def test_concurrent_calls_are_batched_and_answered_like_single_calls(server):
+    import asyncio
+
+    client, model = server["client"], server["model1"]
+    data = _images()["photo.png"]
+    expected, _ = direct_prediction(model, data)
+    before = client.get("/v1/model").json()
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server["url"], timeout=60) as session:
+            calls = [session.post("/v1/predict", content=data, headers={"Content-Type": "image/png"})
+                     for _ in range(48)]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    assert all(r.json()["prob_ai"] == pytest.approx(expected, abs=1e-5) for r in responses)
+    after = client.get("/v1/model").json()
+    images, passes = after["batched_images"] - before["batched_images"], after["batches"] - before["batches"]
+    assert images == 48
+    assert passes < 48, "48 concurrent calls were never merged into a forward pass"
+    assert 1 < after["largest_batch"] <= after["max_batch_size"] == 16
+
+
 def test_model_info_health_docs_and_page(server):
     client = server["client"]
     info = client.get("/v1/model").json()
