@@ -193,6 +193,7 @@ class DecodePreprocess:
         augment_strength: float = 0.0,
         limits: DecodeLimits | None = None,
         storage_settings: StorageSettings | None = None,
+        crop_size: int | None = None,
     ):
         self.size = int(size)
         self.storage = storage_settings  # used only for batches without `bytes` (it then reads `path`)
@@ -202,6 +203,8 @@ class DecodePreprocess:
         self.augment_seed = 0 if augment_seed is None else int(augment_seed)
         self.augment_strength = float(augment_strength)
         self.limits = limits or DecodeLimits()
+        self.crop_size = int(crop_size) if self.augment and crop_size and crop_size < self.size else None
+        self.output_size = self.crop_size or self.size
 
     def process(
         self, blob: bytes, read_error: str | None, key: Any
@@ -215,8 +218,9 @@ class DecodePreprocess:
             return None, digest, error
         try:
             if self.augment:
-                image = TrainAugment(self.size, self.augment_strength, _row_seed(self.augment_seed, key))(image)
-            return preprocess(image, self.size, self.mean, self.std), digest, None
+                seed = _row_seed(self.augment_seed, key)
+                image = TrainAugment(self.size, self.augment_strength, seed, self.crop_size)(image)
+            return preprocess(image, self.output_size, self.mean, self.std), digest, None
         except Exception as exc:  # noqa: BLE001 - a transform failure is an error row, not a dead job
             return None, digest, f"transform_failed: {type(exc).__name__}: {exc}"
 
@@ -225,7 +229,7 @@ class DecodePreprocess:
     ) -> tuple[np.ndarray, list[str | None], list[str | None]]:
         """A batch's NCHW images, sha256s and errors (the part every batch format shares)."""
         n = len(blobs)
-        images = np.zeros((n, 3, self.size, self.size), dtype=np.float32)
+        images = np.zeros((n, 3, self.output_size, self.output_size), dtype=np.float32)
         digests: list[str | None] = []
         errors: list[str | None] = []
         for i in range(n):
@@ -293,12 +297,14 @@ def image_dataset(
     max_actors: int = 2,
     actor_num_cpus: float = 0.5,
     rows_per_block: int = DEFAULT_ROWS_PER_BLOCK,
+    crop_size: int | None = None,
 ):
     """The manifest read and decoded by `DecodePreprocess` in a small actor pool (Arrow batches): one
     stage, so no read task has to find a free CPU beside the actors (cf. `read_image_bytes`).
 
     Rows: every manifest column + `sha256`, `image` (float32 3 x size x size), `error`. With `augment`,
-    `TrainAugment(size, augment_strength)` seeded per row by (augment_seed or 0, path)."""
+    `TrainAugment(size, augment_strength, crop=crop_size)` seeded per row by (augment_seed or 0, path); its
+    images are then crop_size x crop_size native-resolution windows."""
     import ray
 
     if limits is None and settings is not None:
@@ -311,6 +317,7 @@ def image_dataset(
         "augment_strength": augment_strength if augment else 0.0,
         "limits": limits,
         "storage_settings": settings.storage if settings else None,
+        "crop_size": crop_size if augment else None,
     }
     return manifest_dataset(df, rows_per_block).map_batches(
         DecodePreprocess,

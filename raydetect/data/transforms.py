@@ -56,22 +56,36 @@ def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
 
 class TrainAugment:
     """Seeded training augmentation: random resized crop, flip, colour jitter, and CNNDetection's
-    blur + JPEG recipe (Gaussian blur sigma~U(0,3) and JPEG q~U(30,100), each with probability p)."""
+    blur + JPEG recipe (Gaussian blur sigma~U(0,3) and JPEG q~U(30,100), each with probability p).
 
-    def __init__(self, size: int = 224, strength: float = 1.0, seed: int = 0):
+    With `crop` (< size) the image is first brought to the evaluation geometry (`resize_center_crop` to
+    `size`, a no-op for images already that size) and a random `crop` x `crop` window is cut at native
+    resolution instead of the random *resized* crop: no resampling, so the pixel-level traces a detector
+    learns survive, and a step costs (crop / size)^2 of a full-size one."""
+
+    def __init__(self, size: int = 224, strength: float = 1.0, seed: int = 0, crop: int | None = None):
         self.size = size
         self.strength = strength
+        self.crop = crop if crop and crop < size else None
         self.rng = random.Random(seed)
+
+    @property
+    def output_size(self) -> int:
+        return self.crop or self.size
 
     def __call__(self, image: Image.Image) -> Image.Image:
         rng, s = self.rng, self.strength
+        if self.crop:
+            image = resize_center_crop(image, self.size)
+            left, top = rng.randint(0, self.size - self.crop), rng.randint(0, self.size - self.crop)
+            image = image.crop((left, top, left + self.crop, top + self.crop))
         width, height = image.size
-        if s > 0:
+        if s > 0 and not self.crop:
             area = width * height * rng.uniform(max(0.25, 1 - 0.6 * s), 1.0)
             side = int(min(width, height, area**0.5))
             left, top = rng.randint(0, width - side), rng.randint(0, height - side)
             image = image.crop((left, top, left + side, top + side))
-        image = resize_center_crop(image, self.size)
+        image = resize_center_crop(image, self.output_size)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if s > 0 and rng.random() < 0.5 * min(1.0, s):

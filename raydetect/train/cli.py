@@ -35,6 +35,9 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Per-worker batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Training/inference image size (default images.size).")] = None,
+    crop_size: Annotated[
+        int | None, typer.Option(help="Train on random native-resolution crops of this side (faster; no resampling).")
+    ] = None,
     storage_path: Annotated[str | None, typer.Option(help="Ray Train checkpoints (local or s3://).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
@@ -55,6 +58,7 @@ def train(
             "train.batch_size": batch_size,
             "train.lr": lr,
             "train.image_size": image_size,
+            "train.crop_size": crop_size,
             "train.storage_path": storage_path,
         },
     )

@@ -112,6 +112,8 @@ def _unpack(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     else:
         images, labels = batch
     images = torch.as_tensor(images, dtype=torch.float32).to(device, non_blocking=True)
+    if images.dim() == 4:  # NHWC kernels: faster on CPU and on tensor cores
+        images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.as_tensor(labels).to(device, dtype=torch.float32, non_blocking=True).reshape(-1)
     return images, labels, weights
 

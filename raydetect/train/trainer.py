@@ -90,6 +90,12 @@ def image_size(settings: Settings) -> int:
     return settings.train.image_size or settings.images.size
 
 
+def augments(settings: Settings) -> bool:
+    """Whether training rows are transformed per epoch (augmentation, or native-resolution random crops)."""
+    train = settings.train
+    return train.augment_strength > 0 or bool(train.crop_size and train.crop_size < image_size(settings))
+
+
 def storage_root(settings: Settings) -> str:
     """Where Ray Train writes runs and checkpoints: train.storage_path, else <workdir>/runs (absolute)."""
     return storage.normalize(settings.train.storage_path or str(settings.workdir_path / "runs"))
@@ -155,9 +161,10 @@ def build_datasets(
         shuffled = train_df.sample(frac=1.0, random_state=seed + view).reset_index(drop=True)
         ds = image_dataset(
             shuffled,
-            augment=train.augment_strength > 0,
+            augment=augments(settings),
             augment_seed=seed * 1000 + view,
             augment_strength=train.augment_strength,
+            crop_size=train.crop_size,
             **common,
         )
         datasets[f"{TRAIN_VIEW}{view}"] = ds
@@ -184,7 +191,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(cfg["num_threads"])))  # Ray sets OMP_NUM_THREADS; torch needs telling
     loop = LoopConfig.from_dict(cfg["loop"])
     seed_everything(loop.seed)
-    model = build_backbone(cfg["backbone"], cfg["weights"])
+    model = build_backbone(cfg["backbone"], cfg["weights"]).to(memory_format=torch.channels_last)
     ddp_kwargs = {"find_unused_parameters": True} if loop.freeze_stem_epochs and world > 1 else None
     model = rtt.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
     device = rtt.get_device()
@@ -311,7 +318,7 @@ def fit_fold(
     train_df, val_df = labelled_rows(train_df), labelled_rows(val_df)
     name = name or unique_name(f"{train.backbone}-fold{fold if fold is not None else 'x'}")
     workers = train.workers
-    views = max(1, min(train.augment_views, train.epochs)) if train.augment_strength > 0 else 1
+    views = max(1, min(train.augment_views, train.epochs)) if augments(settings) else 1
     mean, std = default_normalization(train.backbone)
     loop = loop_config(settings)
     gpu = use_gpu(settings)
@@ -328,6 +335,7 @@ def fit_fold(
         "workers": workers,
         "use_gpu": gpu,
         "image_size": image_size(settings),
+        "crop_size": train.crop_size,
         "seed": settings.seed,
         "fold": fold,
     }
@@ -338,7 +346,7 @@ def fit_fold(
         "loop": loop.to_dict(),
         "views": views,
         "steps_per_epoch": max(1, math.ceil(len(train_df) / workers / train.batch_size)),
-        "num_threads": max(1, int(train.cpus_per_worker)),
+        "num_threads": train.torch_threads or max(1, int(train.cpus_per_worker)),
         "fold": fold,
         "prior_f1s": list(prior_f1s),
         "last_fold": last_fold,

@@ -98,7 +98,8 @@ def test_fold_learns_checkpoints_to_s3_and_logs_to_mlflow(ray_cluster, s3_bucket
 
 def test_cv_trains_every_fold_without_sharing_groups(ray_cluster, tmp_path: Path) -> None:
     root = make_kaggle_dataset(tmp_path / "data", n_pairs=12, size=32)
-    settings = tiny_settings(tmp_path, epochs=1, workers=2)  # two data-parallel workers (DDP over gloo)
+    # two data-parallel workers (DDP over gloo), trained on 24 px native crops, validated on whole 32 px images
+    settings = tiny_settings(tmp_path, epochs=1, workers=2, crop_size=24)
     outcome = train_detector(str(root), settings, cv=3)
 
     assert [run.fold for run in outcome.runs] == [0, 1, 2]
@@ -114,7 +115,9 @@ def test_cv_trains_every_fold_without_sharing_groups(ray_cluster, tmp_path: Path
     assert outcome.f1_mean == pytest.approx(np.mean([run.f1 for run in outcome.runs]))
     text = format_cv_table(table)
     assert "mean ± std over 3 folds" in text and "f1" in text
-    assert Detector.load(outcome.model_uri, device="cpu").card.metrics["cv_folds"] == 3
+    card = Detector.load(outcome.model_uri, device="cpu").card
+    assert card.metrics["cv_folds"] == 3
+    assert card.image_size == 32 and card.params["crop_size"] == 24  # scoring sees the whole image
 
 
 def test_train_cli_writes_a_model_that_raydetect_score_loads(ray_cluster, tmp_path: Path) -> None:

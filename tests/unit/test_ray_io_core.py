@@ -95,3 +95,12 @@ def test_decode_preprocess_arrow_keeps_column_types(tmp_path: Path):
     expected = DecodePreprocess(size=16)(batch)
     np.testing.assert_array_equal(images, np.stack(expected["image"].to_list()))
     assert out.column("error").to_pylist() == list(expected["error"])
+
+
+def test_crop_size_applies_to_augmented_rows_only(tmp_path: Path):
+    batch = _batch(tmp_path)
+    cropped = DecodePreprocess(size=32, augment_seed=1, augment_strength=0.0, crop_size=16)(batch)
+    assert cropped["error"].iloc[0] is None and cropped["image"].iloc[0].shape == (3, 16, 16)
+    assert all(img.shape == (3, 16, 16) for img in cropped["image"])  # error rows too: one array shape
+    plain = DecodePreprocess(size=32, crop_size=16)(batch)  # no augmentation (validation): the whole image
+    assert plain["image"].iloc[0].shape == (3, 32, 32)

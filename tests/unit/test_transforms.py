@@ -67,3 +67,25 @@ def test_jpeg_roundtrip_and_tensor_batch():
     arrays = [preprocess(PHOTO, 16) for _ in range(3)]
     assert tuple(to_tensor_batch(arrays).shape) == (3, 3, 16, 16)
     assert tuple(to_tensor_batch(np.stack(arrays)).shape) == (3, 3, 16, 16)
+
+
+def test_native_crop_cuts_pixels_without_resampling():
+    base = np.asarray(resize_center_crop(PHOTO, 64))  # the evaluation geometry
+    windows = {(y, x): base[y : y + 24, x : x + 24] for y in range(41) for x in range(41)}
+    seen = set()
+    for seed in range(8):
+        augment = TrainAugment(64, 0.0, seed=seed, crop=24)
+        assert augment.output_size == 24
+        out = np.asarray(augment(PHOTO))
+        assert out.shape == (24, 24, 3)
+        match = [k for k, w in windows.items() if np.array_equal(out, w) or np.array_equal(out, w[:, ::-1])]
+        assert match, "a crop must be an exact window of the image (no resampling)"
+        seen.add(match[0])
+    assert len(seen) > 1  # the window moves with the seed
+    assert TrainAugment(64, 1.0, seed=0, crop=64).output_size == 64  # crop >= size: the whole image
+
+
+def test_native_crop_keeps_strength_augmentations():
+    outs = [np.asarray(TrainAugment(64, 1.0, seed=s, crop=32)(PHOTO)) for s in range(6)]
+    assert all(o.shape == (32, 32, 3) for o in outs)
+    np.testing.assert_array_equal(outs[0], np.asarray(TrainAugment(64, 1.0, seed=0, crop=32)(PHOTO)))
