@@ -52,23 +52,23 @@ class BenchmarkSettings(_Section):
 class TrainSettings(_Section):
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
-    epochs: int = Field(3, gt=0)
+    epochs: int = Field(8, gt=0)
     batch_size: int = Field(32, gt=0)
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     workers: int = Field(1, gt=0)
     cv: int = Field(1, gt=0)
     fold: int = Field(0, ge=0)
     patience: int = Field(3, gt=0)
     freeze_stem_epochs: int = Field(0, ge=0)
-    augment_strength: float = Field(1.0, ge=0)
+    augment_strength: float = Field(0.0, ge=0)
     image_size: int | None = Field(None, gt=0)  # null -> images.size
-    crop_size: int | None = Field(None, gt=0)  # train on random crops of this side at native resolution
+    crop_size: int | None = Field(128, gt=0)  # train on random crops of this side at native resolution
     augment_views: int = Field(2, gt=0)  # differently-seeded augmented copies of the train set, cycled per epoch
     storage_path: str | None = None  # Ray Train checkpoints (local or s3://); null -> <workdir>/runs
     use_gpu: bool | None = None  # null -> when the cluster has GPUs
     cpus_per_worker: float = Field(1.0, gt=0)
-    torch_threads: int | None = Field(None, gt=0)  # per worker; null -> cpus_per_worker (at least 1)
+    torch_threads: int = Field(0, ge=0)  # per worker; 0 -> the node's cores / the run's workers on it
     decode_actors: int = Field(2, gt=0)  # Ray Data decode/augment actor pool per dataset
     decode_num_cpus: float = Field(0.5, gt=0)
     model_name: str = "raydetect"

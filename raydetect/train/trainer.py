@@ -90,6 +90,14 @@ def image_size(settings: Settings) -> int:
     return settings.train.image_size or settings.images.size
 
 
+def worker_threads(configured: int, workers_on_node: int, cores: int | None = None) -> int:
+    """Torch threads for one training worker: `configured`, or (0) its share of the node's cores. Ray sets
+    OMP_NUM_THREADS to the worker's CPU reservation (1 by default), so torch must be told either way."""
+    if configured > 0:
+        return int(configured)
+    return max(1, (cores or os.cpu_count() or 1) // max(1, workers_on_node))
+
+
 def augments(settings: Settings) -> bool:
     """Whether training rows are transformed per epoch (augmentation, or native-resolution random crops)."""
     train = settings.train
@@ -188,7 +196,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(cfg["num_threads"])))  # Ray sets OMP_NUM_THREADS; torch needs telling
+    torch.set_num_threads(worker_threads(cfg["num_threads"], context.get_local_world_size()))
     loop = LoopConfig.from_dict(cfg["loop"])
     seed_everything(loop.seed)
     model = build_backbone(cfg["backbone"], cfg["weights"]).to(memory_format=torch.channels_last)
@@ -346,7 +354,7 @@ def fit_fold(
         "loop": loop.to_dict(),
         "views": views,
         "steps_per_epoch": max(1, math.ceil(len(train_df) / workers / train.batch_size)),
-        "num_threads": train.torch_threads or max(1, int(train.cpus_per_worker)),
+        "num_threads": train.torch_threads,  # 0: decided in the worker, from its node's cores
         "fold": fold,
         "prior_f1s": list(prior_f1s),
         "last_fold": last_fold,

@@ -74,6 +74,8 @@ def trial_settings(settings: Settings, config: dict[str, Any]) -> Settings:
     train = {k: config[k] for k in SEARCHED if k in config}
     if "epochs" in train:
         train["epochs"] = int(train["epochs"])
+    if not settings.train.torch_threads:  # trials share nodes: each worker keeps to its CPU reservation
+        train["torch_threads"] = max(1, int(settings.train.cpus_per_worker))
     return settings.model_copy(update={"train": settings.train.model_copy(update=train)})
 
 

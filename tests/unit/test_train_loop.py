@@ -230,6 +230,9 @@ def test_trial_settings_and_search_space() -> None:
 
     settings = trial_settings(load_settings(), {"lr": 0.01, "epochs": 4.0, "backbone": "resnet18", "other": 1})
     assert settings.train.lr == 0.01 and settings.train.epochs == 4 and settings.train.backbone == "resnet18"
+    assert settings.train.torch_threads == 1  # trials share nodes: each keeps to its CPU reservation
+    pinned = load_settings(overrides=["train.torch_threads=3"])
+    assert trial_settings(pinned, {}).train.torch_threads == 3
     space = search_space(backbones=["tinycnn"], epochs=[1, 2], augment=(0.5, 0.5))
     assert space["augment_strength"] == 0.5 and list(space["epochs"].categories) == [1, 2]
 
@@ -284,3 +287,13 @@ def test_wandb_switched_on_without_the_package_is_a_clear_error(monkeypatch, tmp
     settings = load_settings(None, {"tracking": {"mlflow_uri": f"sqlite:///{tmp_path / 'm.db'}"}})
     with pytest.raises(RuntimeError, match="pip install wandb"):
         Tracker(settings)
+
+
+def test_worker_threads_share_the_node_unless_configured() -> None:
+    from raydetect.train.trainer import worker_threads
+
+    assert worker_threads(3, workers_on_node=2, cores=16) == 3
+    assert worker_threads(0, workers_on_node=1, cores=2) == 2
+    assert worker_threads(0, workers_on_node=2, cores=2) == 1
+    assert worker_threads(0, workers_on_node=4, cores=2) == 1  # never 0
+    assert worker_threads(0, workers_on_node=4, cores=16) == 4
