@@ -48,6 +48,7 @@ def run_demo(
     from raydetect.evaluate.report import write_report as write_evaluation
     from raydetect.score.pipeline import score_run
     from raydetect.train.cv import format_cv_table, train_detector
+    from raydetect.train.trainer import unique_name
 
     workdir = settings.workdir_path
     workdir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,10 @@ def run_demo(
     bench_root = str(workdir / "benchmark")
     model_dir = str(workdir / "models" / "demo")
     predictions = str(workdir / "predictions")
-    run_id = "demo"
+    # Every demo trains a new model: its own version, and its own prediction run. (Scoring resumes rows of
+    # the same run, path, bytes, model name and version; a fixed version would reuse the last model's rows.)
+    version = unique_name("demo")
+    run_id = version
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False)  # workers' progress bars and epoch reports reach the terminal
@@ -77,7 +81,7 @@ def run_demo(
     outcome = _stage(
         "3/6 train (Ray Train)",
         out,
-        lambda: train_detector(bench_root, settings, cv=1, output=model_dir, name="demo"),
+        lambda: train_detector(bench_root, settings, cv=1, output=model_dir, name=version),
         log,
     )
     log(format_cv_table(outcome.table, f"{settings.train.backbone}: validation fold"))

@@ -4,6 +4,7 @@ import json
 import socket
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from raydetect.config import load_settings
@@ -37,7 +38,13 @@ def test_demo_runs_every_stage(tmp_path: Path, ray_cluster: None):
     assert (work / "benchmark" / "train.csv").exists()
     assert (work / "benchmark" / "benchmark_preview.png").exists()
     assert (work / "models" / "demo" / "model.json").exists()
-    assert (work / "predictions" / "run=demo" / "_SUCCESS").exists()
+    # The predictions are this model's: a run of their own, named by the new model's version.
+    version = json.loads((work / "models" / "demo" / "model.json").read_text())["version"]
+    assert version.startswith("demo-")
+    assert outputs.outputs["predictions"] == str(work / "predictions" / f"run={version}")
+    assert (work / "predictions" / f"run={version}" / "_SUCCESS").exists()
+    scored = pd.read_parquet(outputs.outputs["predictions"])
+    assert set(scored["model_version"]) == {version} and scored["error"].isna().all()
     page = (work / "reports" / "evaluation.html").read_text()
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
     assert outputs.headline["n"] > 0
