@@ -12,7 +12,8 @@ On a shared machine wall-clock figures move with the neighbours' load, so the CP
 per request (load generator, Serve proxy, ingress, model replica, controller; from /proc) is printed too:
 it does not depend on how busy the machine is.
 
-    .venv/bin/python benchmarks/serve_load.py                  # resnet18 (random weights), 224 px, 2 rounds
+    .venv/bin/python benchmarks/serve_load.py                  # resnet18 (random weights), 224 px, 2 rounds,
+                                                               # the model replica on all cores (--torch-threads)
     .venv/bin/python benchmarks/serve_load.py --model DIR --requests 128 --rounds 3 --json out.json
 
 Figures depend on what else runs on the machine: the load average is printed before and after.
@@ -167,10 +168,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-s", type=float, default=0.01)
     parser.add_argument("--replica-cpus", type=float, default=1.0)
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch threads in the model replica (0: this machine's cores, as on a dedicated node)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
+    args.torch_threads = args.torch_threads or os.cpu_count() or 1
 
     import ray
     from ray import serve

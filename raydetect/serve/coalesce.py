@@ -1,7 +1,7 @@
 """Merge the small batches that `@serve.batch` forms while the model is busy into one forward pass.
 
-Since Ray 2.46 (ray-project/ray#53096, "make ray.serve.batch concurrent") Serve forms the next batch as soon
-as `batch_wait_timeout_s` passes, whether or not the model is free; with `max_concurrent_batches=1` those
+Since ray-project/ray#53096 ("make ray.serve.batch concurrent") Serve forms the next batch as soon as
+`batch_wait_timeout_s` passes, whether or not the model is free; with `max_concurrent_batches=1` those
 batches queue at a semaphore and run one after another, each as small as it was when it was formed. On a
 slow device (a CPU) that means batches of 2-3 at concurrency 16, and almost no gain from batching.
 
