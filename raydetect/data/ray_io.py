@@ -31,7 +31,7 @@ import pyarrow as pa
 from raydetect import storage
 from raydetect.config import Settings, StorageSettings
 from raydetect.data.images import DecodeLimits, sha256_hex, try_decode
-from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, preprocess
+from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, native_crop, preprocess
 
 DEFAULT_ROWS_PER_BLOCK = 128
 DEFAULT_READ_BATCH = 32
@@ -203,7 +203,7 @@ class DecodePreprocess:
         self.augment_seed = 0 if augment_seed is None else int(augment_seed)
         self.augment_strength = float(augment_strength)
         self.limits = limits or DecodeLimits()
-        self.crop_size = int(crop_size) if self.augment and crop_size and crop_size < self.size else None
+        self.crop_size = native_crop(crop_size, self.size) if self.augment else None
         self.output_size = self.crop_size or self.size
 
     def process(

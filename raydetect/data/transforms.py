@@ -54,6 +54,11 @@ def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
+def native_crop(crop: int | None, size: int) -> int | None:
+    """The training crop side actually used: `crop` when it is smaller than `size`, else None (whole image)."""
+    return int(crop) if crop and crop < size else None
+
+
 class TrainAugment:
     """Seeded training augmentation: random resized crop, flip, colour jitter, and CNNDetection's
     blur + JPEG recipe (Gaussian blur sigma~U(0,3) and JPEG q~U(30,100), each with probability p).
@@ -66,7 +71,7 @@ class TrainAugment:
     def __init__(self, size: int = 224, strength: float = 1.0, seed: int = 0, crop: int | None = None):
         self.size = size
         self.strength = strength
-        self.crop = crop if crop and crop < size else None
+        self.crop = native_crop(crop, size)
         self.rng = random.Random(seed)
 
     @property

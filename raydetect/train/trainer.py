@@ -33,6 +33,7 @@ import pandas as pd
 
 from raydetect import storage
 from raydetect.config import Settings
+from raydetect.data.transforms import native_crop
 from raydetect.models.backbones import default_normalization
 from raydetect.train.loop import LoopConfig
 
@@ -101,7 +102,7 @@ def worker_threads(configured: int, workers_on_node: int, cores: int | None = No
 def augments(settings: Settings) -> bool:
     """Whether training rows are transformed per epoch (augmentation, or native-resolution random crops)."""
     train = settings.train
-    return train.augment_strength > 0 or bool(train.crop_size and train.crop_size < image_size(settings))
+    return train.augment_strength > 0 or native_crop(train.crop_size, image_size(settings)) is not None
 
 
 def storage_root(settings: Settings) -> str:
