@@ -82,12 +82,16 @@ def _tinycnn(weights: str) -> nn.Module:
     return TinyCNN()
 
 
-def build_backbone(name: str, weights: str = "none") -> nn.Module:
-    """A one-logit classifier. `weights`: imagenet | none | path to a state_dict (.pt/.pth)."""
+def build_backbone(name: str, weights: str = "none", input_filter: str = "none") -> nn.Module:
+    """A one-logit classifier. `weights`: imagenet | none | path to a state_dict (.pt/.pth) of a model built
+    with the same `input_filter` (`none` | `npr`, see filters.py: it sits in front of the stem)."""
+    from raydetect.models.filters import add_input_filter, check_input_filter
+
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
+    check_input_filter(input_filter)
     pretrained = weights if weights in ("imagenet", "none") else "none"
-    model = _REGISTRY[name](pretrained)
+    model = add_input_filter(_REGISTRY[name](pretrained), input_filter)
     if weights not in ("imagenet", "none"):
         load_state_dict_file(model, weights)
     return model

@@ -29,6 +29,7 @@ WEIGHTS_FILE = "weights.pt"
 class ModelCard:
     backbone: str
     name: str = "raydetect"
+    input_filter: str = "none"  # inside the model, in front of its stem (models/filters.py)
     version: str = "0"
     image_size: int = 224
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -67,7 +68,7 @@ def load_card(uri: str) -> ModelCard:
 
 def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     card = load_card(uri)
-    model = build_backbone(card.backbone, "none")
+    model = build_backbone(card.backbone, "none", card.input_filter)
     state = torch.load(io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS_FILE))), map_location="cpu")
     model.load_state_dict(state)
     return model.to(device).eval(), card

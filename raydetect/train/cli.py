@@ -25,6 +25,9 @@ def train(
     root: Annotated[str, typer.Argument(help="Dataset root (Kaggle layout), local or s3://.")],
     backbone: Annotated[str | None, typer.Option(help="resnet18/34/50/101, efficientnet_lite0/1/2, tinycnn.")] = None,
     weights: Annotated[str | None, typer.Option(help="imagenet | none | path to a state_dict.")] = None,
+    input_filter: Annotated[
+        str | None, typer.Option(help="none | npr (neighbouring-pixel residual in front of the stem).")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per fold (early stopping may end sooner).")] = None,
     workers: Annotated[int | None, typer.Option(help="Ray Train workers (data-parallel).")] = None,
     fold: Annotated[int | None, typer.Option(help="Validate on this fold of a 5-fold split (with --cv 1).")] = None,
@@ -51,6 +54,7 @@ def train(
         **{
             "train.backbone": backbone,
             "train.weights": weights,
+            "train.input_filter": input_filter,
             "train.epochs": epochs,
             "train.workers": workers,
             "train.fold": fold,

@@ -200,7 +200,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(worker_threads(cfg["num_threads"], context.get_local_world_size()))
     loop = LoopConfig.from_dict(cfg["loop"])
     seed_everything(loop.seed)
-    model = build_backbone(cfg["backbone"], cfg["weights"]).to(memory_format=torch.channels_last)
+    model = build_backbone(cfg["backbone"], cfg["weights"], cfg["input_filter"]).to(memory_format=torch.channels_last)
     ddp_kwargs = {"find_unused_parameters": True} if loop.freeze_stem_epochs and world > 1 else None
     model = rtt.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
     device = rtt.get_device()
@@ -345,12 +345,14 @@ def fit_fold(
         "use_gpu": gpu,
         "image_size": image_size(settings),
         "crop_size": train.crop_size,
+        "input_filter": train.input_filter,
         "seed": settings.seed,
         "fold": fold,
     }
     cfg = {
         "backbone": train.backbone,
         "weights": train.weights,
+        "input_filter": train.input_filter,
         "batch_size": train.batch_size,
         "loop": loop.to_dict(),
         "views": views,
@@ -362,6 +364,7 @@ def fit_fold(
         "cache_val": len(val_df) * 3 * image_size(settings) ** 2 * 4 <= VAL_CACHE_BYTES,
         "card": {
             "backbone": train.backbone,
+            "input_filter": train.input_filter,
             "name": train.model_name,
             "version": version or name,
             "image_size": image_size(settings),

@@ -84,3 +84,49 @@ def test_state_dict_file_weights(tmp_path) -> None:
     loaded = build_backbone("tinycnn", str(tmp_path / "w.pt"))
     for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+# --- the NPR input filter ------------------------------------------------------------------------------------
+
+
+def test_npr_filter_keeps_pixel_relationships_and_drops_block_constant_content() -> None:
+    from raydetect.models.filters import NPRFilter
+
+    filt = NPRFilter(scale=1.0)
+    blocks = torch.rand(2, 3, 8, 8)
+    upsampled = blocks.repeat_interleave(2, -2).repeat_interleave(2, -1)  # what a nearest 2x upsampler makes
+    assert torch.count_nonzero(filt(upsampled)) == 0
+    noisy = torch.rand(2, 3, 16, 16)
+    out = filt(noisy)
+    # the top-left pixel of every 2x2 cell is the reference: zero there, the difference to it elsewhere
+    assert torch.count_nonzero(out[..., ::2, ::2]) == 0
+    torch.testing.assert_close(out[..., 1::2, 0::2], noisy[..., 1::2, 0::2] - noisy[..., 0::2, 0::2])
+    assert filt(torch.rand(1, 3, 15, 9)).shape == (1, 3, 15, 9)  # odd sides keep their size
+    assert NPRFilter()(noisy).abs().max() > out.abs().max()  # the default scale amplifies the residual
+
+
+@pytest.mark.parametrize("name", ["tinycnn", "resnet18", "efficientnet_lite0"])
+def test_npr_filter_sits_in_front_of_the_stem_and_survives_a_save_and_load(name: str, tmp_path) -> None:
+    from raydetect.models.bundle import ModelCard, load_model, save_model
+    from raydetect.models.filters import NPRFilter
+
+    torch.manual_seed(0)
+    model = build_backbone(name, "none", input_filter="npr").eval()
+    assert any(isinstance(m, NPRFilter) for m in model.modules())
+    x = torch.rand(2, 3, 64, 64)
+    flat = torch.full_like(x, 0.3)  # no pixel relationships at all: every image looks the same to the model
+    with torch.no_grad():
+        assert torch.allclose(model(flat), model(torch.zeros_like(x)))
+        expected = model(x)
+    uri = save_model(model, ModelCard(backbone=name, input_filter="npr"), str(tmp_path / "m"))
+    loaded, card = load_model(uri)
+    assert card.input_filter == "npr"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    with pytest.raises(RuntimeError):  # the same weights do not fit a model without the filter
+        build_backbone(name, "none").load_state_dict(model.state_dict())
+
+
+def test_unknown_input_filter_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown input filter"):
+        build_backbone("tinycnn", "none", input_filter="srm")
