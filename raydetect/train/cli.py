@@ -86,6 +86,9 @@ def tune(
     backbones: Annotated[
         str, typer.Option(help="Comma-separated backbones to search.")
     ] = "efficientnet_lite0,resnet18",
+    input_filters: Annotated[
+        str, typer.Option(help="Comma-separated input filters to search (none, npr).")
+    ] = "none,npr",
     lr_min: Annotated[float, typer.Option(help="Learning rate range (log-uniform).")] = 1e-4,
     lr_max: Annotated[float, typer.Option()] = 3e-3,
     wd_min: Annotated[float, typer.Option(help="Weight decay range (log-uniform).")] = 1e-6,
@@ -102,7 +105,8 @@ def tune(
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Search lr, weight decay, backbone, augmentation and epochs with Ray Tune + ASHA (objective: CV F1)."""
+    """Search lr, weight decay, backbone, input filter, augmentation and epochs with Ray Tune + ASHA
+    (objective: CV F1)."""
     from raydetect.train.tune import format_leaderboard, search_space, tune_detector
 
     settings = _settings(
@@ -110,6 +114,7 @@ def tune(
     )
     space = search_space(
         backbones=_csv(backbones),
+        input_filters=_csv(input_filters),
         lr=(lr_min, lr_max),
         weight_decay=(wd_min, wd_max),
         augment=(augment_min, augment_max),

@@ -24,7 +24,7 @@ from raydetect.config import Settings
 from raydetect.train.trainer import ensure_ray, labelled_rows, storage_root, unique_name
 
 OBJECTIVE = "objective"
-SEARCHED = ("backbone", "lr", "weight_decay", "augment_strength", "epochs")
+SEARCHED = ("backbone", "input_filter", "lr", "weight_decay", "augment_strength", "epochs")
 LEADERBOARD_COLUMNS = [
     "rank",
     "trial",
@@ -54,14 +54,20 @@ def search_space(
     weight_decay: tuple[float, float] = (1e-6, 1e-2),
     augment: tuple[float, float] = (0.0, 1.0),
     epochs: list[int] | None = None,
+    input_filters: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Tune's search space over learning rate, weight decay, backbone, augmentation strength and epochs."""
+    """Tune's search space over learning rate, weight decay, backbone, input filter (none | npr),
+    augmentation strength and epochs."""
     from ray import tune
+
+    from raydetect.models.filters import INPUT_FILTERS, check_input_filter
 
     backbones = backbones or ["efficientnet_lite0", "resnet18"]
     epochs = epochs or [3, 5, 8]
+    input_filters = [check_input_filter(f) for f in (input_filters or INPUT_FILTERS)]
     return {
         "backbone": tune.choice(backbones),
+        "input_filter": tune.choice(input_filters) if len(input_filters) > 1 else input_filters[0],
         "lr": tune.loguniform(*lr) if lr[0] < lr[1] else lr[0],
         "weight_decay": tune.loguniform(*weight_decay) if weight_decay[0] < weight_decay[1] else weight_decay[0],
         "augment_strength": tune.uniform(*augment) if augment[0] < augment[1] else augment[0],

@@ -12,6 +12,7 @@ from raydetect.config import Settings, load_settings
 from raydetect.data.images import decode_image
 from raydetect.data.transforms import preprocess
 from raydetect.models.bundle import Detector
+from raydetect.models.filters import NPRFilter
 from raydetect.train.cv import format_cv_table, train_detector
 from tests.datasets import make_kaggle_dataset
 
@@ -128,8 +129,8 @@ def test_train_cli_writes_a_model_that_raydetect_score_loads(ray_cluster, tmp_pa
     root = make_kaggle_dataset(tmp_path / "data", n_pairs=8, size=32)
     model_dir = tmp_path / "model"
     args = [
-        "train", str(root), "--backbone", "tinycnn", "--weights", "none", "--epochs", "1", "--cv", "1",
-        "--fold", "1", "--batch-size", "8", "--output", str(model_dir),
+        "train", str(root), "--backbone", "tinycnn", "--weights", "none", "--input-filter", "npr", "--epochs", "1",
+        "--cv", "1", "--fold", "1", "--batch-size", "8", "--output", str(model_dir),
         "--set", f"workdir={tmp_path / 'work'}", "--set", "images.size=32", "--set", "train.augment_strength=0",
         "--set", f"tracking.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]  # fmt: skip
@@ -138,6 +139,9 @@ def test_train_cli_writes_a_model_that_raydetect_score_loads(ray_cluster, tmp_pa
     assert "tinycnn (none): fold 1" in result.output and "wall time" in result.output
     detector = Detector.load(str(model_dir), device="cpu")
     assert detector.card.params["fold"] == 1 and detector.card.params["epochs"] == 1
+    # the input filter is part of the network, so every loader of the directory rebuilds it
+    assert detector.card.input_filter == "npr"
+    assert any(isinstance(m, NPRFilter) for m in detector.model.modules())
     # `raydetect score --model DIR` takes the directory as it is (size and normalisation from its card).
     scored = CliRunner().invoke(
         app, ["score", str(root), "--model", str(model_dir), "--output", str(tmp_path / "preds"), "--split", "test"]

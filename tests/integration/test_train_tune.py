@@ -43,6 +43,7 @@ def test_two_trials_complete_and_the_best_is_picked(ray_cluster, tmp_path: Path)
     # best_config.yaml is a config file `raydetect train --config` accepts.
     best = load_settings(out / "best_config.yaml")
     assert best.train.lr == pytest.approx(best_row["lr"]) and best.train.epochs == int(best_row["epochs"])
+    assert best.train.input_filter == best_row["input_filter"] in ("none", "npr")  # searched too
     assert "objective" in format_leaderboard(outcome.leaderboard)
 
     # MLflow: one sweep run with a nested run per trial.

@@ -228,13 +228,19 @@ def test_trial_settings_and_search_space() -> None:
     from raydetect.config import load_settings
     from raydetect.train.tune import search_space, trial_settings
 
-    settings = trial_settings(load_settings(), {"lr": 0.01, "epochs": 4.0, "backbone": "resnet18", "other": 1})
+    config = {"lr": 0.01, "epochs": 4.0, "backbone": "resnet18", "input_filter": "npr", "other": 1}
+    settings = trial_settings(load_settings(), config)
     assert settings.train.lr == 0.01 and settings.train.epochs == 4 and settings.train.backbone == "resnet18"
+    assert settings.train.input_filter == "npr"
     assert settings.train.torch_threads == 1  # trials share nodes: each keeps to its CPU reservation
     pinned = load_settings(overrides=["train.torch_threads=3"])
     assert trial_settings(pinned, {}).train.torch_threads == 3
     space = search_space(backbones=["tinycnn"], epochs=[1, 2], augment=(0.5, 0.5))
     assert space["augment_strength"] == 0.5 and list(space["epochs"].categories) == [1, 2]
+    assert list(space["input_filter"].categories) == ["none", "npr"]  # both are searched by default
+    assert search_space(input_filters=["npr"])["input_filter"] == "npr"
+    with pytest.raises(ValueError, match="unknown input filter"):
+        search_space(input_filters=["srm"])
 
 
 def test_export_model_copies_weights_and_merges_the_card(tmp_path) -> None:
