@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 def make_model(path: Path, backbone: str = "tinycnn", image_size: int = 64, version: str = "1", seed: int = 0,
-               name: str = "test-detector") -> str:
+               name: str = "test-detector", input_filter: str = "none") -> str:
     """A randomly initialised model directory (weights `none`), deterministic for a seed."""
     import torch
 
@@ -35,9 +35,9 @@ def make_model(path: Path, backbone: str = "tinycnn", image_size: int = 64, vers
     from raydetect.models.bundle import ModelCard, save_model
 
     torch.manual_seed(seed)
-    model = build_backbone(backbone, "none").eval()
+    model = build_backbone(backbone, "none", input_filter=input_filter).eval()
     card = ModelCard(backbone=backbone, name=name, version=version, image_size=image_size, threshold=0.5,
-                     review_band=[0.45, 0.55])
+                     review_band=[0.45, 0.55], input_filter=input_filter)
     return save_model(model, card, str(path))
 
 

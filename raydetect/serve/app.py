@@ -178,6 +178,7 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     backbone: str
+    input_filter: str = Field(description="filter inside the model in front of its stem: none | npr")
     image_size: int
     threshold: float
     review_band: list[float]
@@ -252,6 +253,7 @@ class DetectorModel:
             "name": card.name,
             "version": card.version,
             "backbone": card.backbone,
+            "input_filter": card.input_filter,
             "image_size": card.image_size,
             "mean": list(card.mean),
             "std": list(card.std),

@@ -59,7 +59,7 @@ def start_local(settings: Settings | None = None, model_uri: str | None = None, 
     serve.run(build_app(settings, uri), name=APP_NAME, route_prefix="/")
     url = local_url(settings)
     wait_healthy(url)
-    print(f"raydetect serves {card.name} v{card.version} ({card.backbone}) from {uri}")
+    print(f"raydetect serves {card.name} v{card.version} ({card.backbone}, {card.input_filter} input) from {uri}")
     return url
 
 

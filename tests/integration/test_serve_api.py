@@ -1,7 +1,7 @@
 """The serving API over real HTTP, on a real Serve app on the shared Ray cluster.
 
-One app (tiny CNN, auth off, 1 MB body limit) serves every test in this file. Reloading through
-`user_config` is tested with the config file in test_serve_config.py.
+One app (tiny CNN with the NPR input filter, auth off, 1 MB body limit) serves every test in this file.
+Reloading through `user_config` is tested with the config file in test_serve_config.py.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 @pytest.fixture(scope="module")
 def server(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("serve_api")
-    model1 = make_model(tmp / "model1", "tinycnn", image_size=64, version="1", seed=1)
+    model1 = make_model(tmp / "model1", "tinycnn", image_size=64, version="1", seed=1, input_filter="npr")
     settings = settings_for_tests(tmp)
     with serve_instance() as url:
         deploy(settings, model1)
@@ -140,6 +140,7 @@ def test_model_info_health_docs_and_page(server):
     client = server["client"]
     info = client.get("/v1/model").json()
     assert info["version"] == "1" and info["backbone"] == "tinycnn" and info["image_size"] == 64
+    assert info["input_filter"] == "npr"
     assert info["max_batch_size"] == 16 and info["auth"] == {"api_key": False}
     assert info["limits"]["max_body_bytes"] == 1_000_000
     assert client.get("/healthz").json()["status"] == "ok"
