@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 WORKDIR ?= .raydetect
 DEMO_PAIRS ?= 1200
 PYTEST_ARGS ?=
-APT_PACKAGES := chromium mate-backgrounds lomiri-wallpapers-16.04
+APT_PACKAGES := chromium mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers
 
 .PHONY: demo test lint install install-dev system-deps clean help
 

@@ -133,7 +133,8 @@ def build_benchmark_command(
     sources: Annotated[
         str | None,
         typer.Option(help="Comma-separated photo sources (skimage,sklearn,matplotlib,mate-backgrounds,"
-                          "lomiri-wallpapers-16.04); default: every installed one."),
+                          "lomiri-wallpapers-16.04,lomiri-wallpapers-20.04,plasma-workspace-wallpapers); "
+                          "default: every installed one."),
     ] = None,
     local: Annotated[bool, typer.Option("--local", help="Run in this process instead of on Ray.")] = False,
     force: Annotated[

@@ -34,7 +34,7 @@ def test_debian_wallpapers_are_optional_and_listed_by_name(tmp_path):
     fake = tmp_path / entry.relpath
     fake.parent.mkdir(parents=True)
     shutil.copy(next(p for p in find_photos(["sklearn"])).path, fake)
-    (tmp_path / "mate" / "nature" / "NotListed.jpg").write_bytes(fake.read_bytes())  # not in the list: ignored
+    (fake.parent / "NotListed.jpg").write_bytes(fake.read_bytes())  # not in the list: ignored
     photos = find_photos(["mate-backgrounds"], debian_root=tmp_path)
     assert [p.photo_id for p in photos] == [entry.photo_id]
     assert photos[0].source == "mate-backgrounds"
@@ -56,6 +56,11 @@ def test_allow_list_is_unique_and_excludes_non_photos():
         "umang",
         "Minduka",
         "logo2",
+        "Fossa",
+        "Infinite-Sea",
+        "Painting-Colors",
+        "Volna",
+        "Kite",
     )
     assert not [i for i in ids if i.split("/")[-1].split("_by_")[0] in banned]
     assert not [e for e in ALLOW_LIST if "abstract" in e.relpath or "desktop" in e.relpath]
@@ -63,6 +68,6 @@ def test_allow_list_is_unique_and_excludes_non_photos():
 
 def test_sources_filter_and_unknown_source():
     assert {p.source for p in find_photos(["skimage", "matplotlib"])} == {"skimage", "matplotlib"}
-    assert set(SOURCE_NAMES) >= {"skimage", "sklearn", "matplotlib", "mate-backgrounds", "lomiri-wallpapers-16.04"}
+    assert set(SOURCE_NAMES) == {e.package.split(".")[0] if e.kind == "python" else e.package for e in ALLOW_LIST}
     with pytest.raises(ValueError, match="unknown photo source"):
         find_photos(["flickr"])

@@ -3,8 +3,8 @@
 Only photographs are listed (no drawings, renders, test patterns, microscopy or text). Each entry names
 the package, the file inside it, a stable `photo_id` (the `group` of every crop taken from it) and a
 `category` (`human` when people are shown). Sources whose package is not installed are skipped, so the
-Debian wallpapers are optional; the Python packages (scikit-image, scikit-learn, matplotlib) are project
-dependencies.
+Debian wallpapers (under /usr/share: `backgrounds/` for MATE and Lomiri, `wallpapers/` for Plasma) are
+optional; the Python packages (scikit-image, scikit-learn, matplotlib) are project dependencies.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEBIAN_BACKGROUNDS = Path("/usr/share/backgrounds")  # where Debian installs desktop wallpapers
+DEBIAN_SHARE = Path("/usr/share")  # Debian installs desktop wallpapers under backgrounds/ and wallpapers/
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class PhotoEntry:
     photo_id: str
     kind: str
     package: str  # the Python package (kind=python) or the Debian package (kind=debian)
-    relpath: str  # inside the package folder, or inside /usr/share/backgrounds
+    relpath: str  # inside the package folder, or inside /usr/share
     category: str = "other"
 
 
@@ -51,15 +51,16 @@ def _py(package: str, relpath: str, name: str, category: str = "other") -> Photo
     return PhotoEntry(f"{package.split('.')[0]}/{name}", "python", package, relpath, category)
 
 
-def _deb(package: str, relpath: str, category: str = "other") -> PhotoEntry:
-    stem = Path(relpath).stem
-    return PhotoEntry(f"{package}/{stem}", "debian", package, relpath, category)
+def _deb(package: str, relpath: str, category: str = "other", name: str | None = None) -> PhotoEntry:
+    return PhotoEntry(f"{package}/{name or Path(relpath).stem}", "debian", package, relpath, category)
 
 
 # The allow-list. Excluded on purpose: skimage horse/logo/text/page/chessboard (drawings, patterns),
 # retina/cell/ihc/microaneurysms (medical, microscopy), motorcycle_right (the stereo twin of _left),
 # lfw_subset (25-px faces), matplotlib logo2/Minduka (renders), the sklearn set has only photos;
-# lomiri analogpattern and umang (abstract renders); MATE abstract/ and desktop/ (renders).
+# lomiri analogpattern and umang (abstract renders); MATE abstract/ and desktop/ (renders); Lomiri 20.04
+# Fossa, Infinite-Sea, Painting-Colors (renders, a painting); Plasma's renders and drawings, Volna (a polygon
+# render) and Kite (a sky photo with a drawn kite pasted in).
 ALLOW_LIST: tuple[PhotoEntry, ...] = (
     # scikit-image
     _py("skimage.data", "astronaut.png", "astronaut", "human"),
@@ -78,7 +79,7 @@ ALLOW_LIST: tuple[PhotoEntry, ...] = (
     _py("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "grace_hopper", "human"),
     # Debian mate-backgrounds, nature folder
     *(
-        _deb("mate-backgrounds", f"mate/nature/{name}.jpg")
+        _deb("mate-backgrounds", f"backgrounds/mate/nature/{name}.jpg")
         for name in (
             "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow",
             "LadyBird", "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower",
@@ -86,7 +87,7 @@ ALLOW_LIST: tuple[PhotoEntry, ...] = (
     ),
     # Debian lomiri-wallpapers-16.04
     *(
-        _deb("lomiri-wallpapers-16.04", f"{name}.jpg")
+        _deb("lomiri-wallpapers-16.04", f"backgrounds/{name}.jpg")
         for name in (
             "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
             "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
@@ -95,9 +96,24 @@ ALLOW_LIST: tuple[PhotoEntry, ...] = (
             "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
         )
     ),
+    # Debian lomiri-wallpapers-20.04: its one photograph
+    _deb("lomiri-wallpapers-20.04", "backgrounds/Kleiber_by_Lukas_Baubkus.jpg"),
+    # Debian plasma-workspace-wallpapers: the photographs, each at its largest size
+    *(
+        _deb("plasma-workspace-wallpapers", f"wallpapers/{name}/contents/images/{size}.jpg", name=name)
+        for name, size in (
+            ("BytheWater", "2560x1600"), ("ColdRipple", "2560x1600"), ("ColorfulCups", "2560x1600"),
+            ("DarkestHour", "2560x1600"), ("EveningGlow", "2560x1600"), ("FallenLeaf", "2560x1600"),
+            ("Grey", "2560x1600"), ("OneStandsOut", "2560x1600"), ("Path", "2560x1600"),
+            ("summer_1am", "2560x1600"),
+        )
+    ),
 )  # fmt: skip
 
-SOURCE_NAMES = ("skimage", "sklearn", "matplotlib", "mate-backgrounds", "lomiri-wallpapers-16.04")
+SOURCE_NAMES = (
+    "skimage", "sklearn", "matplotlib", "mate-backgrounds", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
+    "plasma-workspace-wallpapers",
+)  # fmt: skip
 
 
 def _entry_source(entry: PhotoEntry) -> str:
@@ -120,7 +136,7 @@ def _resolve(entry: PhotoEntry, debian_root: Path) -> Path | None:
 
 def find_photos(
     sources: tuple[str, ...] | list[str] | None = None,
-    debian_root: str | Path = DEBIAN_BACKGROUNDS,
+    debian_root: str | Path = DEBIAN_SHARE,
     min_side: int = 0,
 ) -> list[Photo]:
     """The allow-listed photos present on this machine (sorted by id), optionally only from `sources`
