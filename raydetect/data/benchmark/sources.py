@@ -110,14 +110,12 @@ ALLOW_LIST: tuple[PhotoEntry, ...] = (
     ),
 )  # fmt: skip
 
-SOURCE_NAMES = (
-    "skimage", "sklearn", "matplotlib", "mate-backgrounds", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
-    "plasma-workspace-wallpapers",
-)  # fmt: skip
-
 
 def _entry_source(entry: PhotoEntry) -> str:
     return entry.package.split(".")[0] if entry.kind == "python" else entry.package
+
+
+SOURCE_NAMES = tuple(dict.fromkeys(_entry_source(entry) for entry in ALLOW_LIST))  # in allow-list order
 
 
 def _resolve(entry: PhotoEntry, debian_root: Path) -> Path | None:
