@@ -132,9 +132,8 @@ def build_benchmark_command(
     ] = None,
     sources: Annotated[
         str | None,
-        typer.Option(help="Comma-separated photo sources (skimage,sklearn,matplotlib,mate-backgrounds,"
-                          "lomiri-wallpapers-16.04,lomiri-wallpapers-20.04,plasma-workspace-wallpapers); "
-                          "default: every installed one."),
+        typer.Option(help="Comma-separated photo sources, e.g. skimage,mate-backgrounds (an unknown name "
+                          "is rejected with the list of known ones); default: every installed one."),
     ] = None,
     local: Annotated[bool, typer.Option("--local", help="Run in this process instead of on Ray.")] = False,
     force: Annotated[

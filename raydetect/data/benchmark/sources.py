@@ -98,14 +98,12 @@ ALLOW_LIST: tuple[PhotoEntry, ...] = (
     ),
     # Debian lomiri-wallpapers-20.04: its one photograph
     _deb("lomiri-wallpapers-20.04", "backgrounds/Kleiber_by_Lukas_Baubkus.jpg"),
-    # Debian plasma-workspace-wallpapers: the photographs, each at its largest size
+    # Debian plasma-workspace-wallpapers: the photographs, at 2560x1600 (the largest size each one ships)
     *(
-        _deb("plasma-workspace-wallpapers", f"wallpapers/{name}/contents/images/{size}.jpg", name=name)
-        for name, size in (
-            ("BytheWater", "2560x1600"), ("ColdRipple", "2560x1600"), ("ColorfulCups", "2560x1600"),
-            ("DarkestHour", "2560x1600"), ("EveningGlow", "2560x1600"), ("FallenLeaf", "2560x1600"),
-            ("Grey", "2560x1600"), ("OneStandsOut", "2560x1600"), ("Path", "2560x1600"),
-            ("summer_1am", "2560x1600"),
+        _deb("plasma-workspace-wallpapers", f"wallpapers/{name}/contents/images/2560x1600.jpg", name=name)
+        for name in (
+            "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+            "OneStandsOut", "Path", "summer_1am",
         )
     ),
 )  # fmt: skip
