@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULTS_RESOURCE = "defaults.yaml"
+InputFilter = Literal["none", "npr"]  # what models/filters.py can put in front of a backbone's stem
 
 
 class _Section(BaseModel):
@@ -52,7 +53,7 @@ class BenchmarkSettings(_Section):
 class TrainSettings(_Section):
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
-    input_filter: Literal["none", "npr"] = "npr"  # in front of the stem (models/filters.py)
+    input_filter: InputFilter = "npr"  # in front of the stem (models/filters.py)
     epochs: int = Field(8, gt=0)
     batch_size: int = Field(32, gt=0)
     lr: float = Field(1e-3, gt=0)

@@ -10,11 +10,15 @@ detector has less photo-specific content to memorise.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-INPUT_FILTERS = ("none", "npr")
+from raydetect.config import InputFilter
+
+INPUT_FILTERS: tuple[str, ...] = get_args(InputFilter)  # one list, for the config and the models
 NPR_SCALE = 4.0  # the residual is small next to the normalised image; this brings it to a similar range
 
 
