@@ -252,35 +252,22 @@ def load_runs(out: Path, name: str) -> list[Any]:
 
 
 def report(out: Path, variants: list[tuple[str, list[str]]], wall_s: float) -> pd.DataFrame:
-    """Print each variant's table (finished folds) and a summary; write summary.csv."""
-    from raydetect.train.cv import cv_table, format_cv_table
+    """Print each variant's table (finished folds) and a summary (mean ± std per metric); write summary.csv."""
+    from raydetect.train.cv import cv_table, format_cv_table, summary_row
 
     rows = []
     for name, overrides in variants:
         runs = load_runs(out, name)
         done = [r for r in runs if not r.params.get("cut_by_deadline")]
         cut = [r.fold for r in runs if r.params.get("cut_by_deadline")]
-        print(f"\n== {name} ({', '.join(overrides) or 'defaults'})\n" + format_cv_table(cv_table(done)))
+        table = cv_table(done)
+        print(f"\n== {name} ({', '.join(overrides) or 'defaults'})\n" + format_cv_table(table))
         if cut:
             print(f"   cut by the deadline (not in the mean): folds {cut}")
-        f1 = [r.f1 for r in done]
-        auc = [float(r.best_metrics.get("val_auc", float("nan"))) for r in done]
-        acc = [float(r.best_metrics.get("val_accuracy", float("nan"))) for r in done]
-        rows.append(
-            {
-                "variant": name,
-                "folds": len(done),
-                "accuracy_mean": np.mean(acc) if done else float("nan"),
-                "f1_mean": np.mean(f1) if done else float("nan"),
-                "f1_std": np.std(f1) if done else float("nan"),
-                "auc_mean": np.mean(auc) if done else float("nan"),
-                "auc_std": np.std(auc) if done else float("nan"),
-                "wall_s": round(sum(r.wall_s for r in runs), 1),
-            }
-        )
+        rows.append(summary_row(name, table, sum(r.wall_s for r in runs)))
     summary = pd.DataFrame(rows)
     summary.to_csv(out / "summary.csv", index=False)
-    print(f"\n== summary (wall {wall_s:.0f} s)\n" + summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\n== summary (wall {wall_s:.0f} s)\n" + summary.to_string(index=False))
     return summary
 
 

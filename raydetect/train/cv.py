@@ -218,12 +218,21 @@ def compare_variants(
         target = f"{output_dir.rstrip('/')}/{key}" if output_dir else None
         outcome = train_detector(df, variant_settings, cv=cv, output=target)
         outcomes[key] = outcome
-        mean = outcome.table[outcome.table["fold"] == "mean"].iloc[0]
-        std = outcome.table[outcome.table["fold"] == "std"].iloc[0] if cv > 1 else None
-        row: dict[str, Any] = {"variant": key, "folds": len(outcome.runs)}
-        for metric in TABLE_METRICS:
-            spread = f" ± {std[metric]:.4f}" if std is not None else ""
-            row[metric] = f"{mean[metric]:.4f}{spread}"
-        row["wall_s"] = round(outcome.wall_s, 1)
-        rows.append(row)
+        rows.append(summary_row(key, outcome.table, outcome.wall_s))
     return pd.DataFrame(rows), outcomes
+
+
+def summary_row(variant: str, table: pd.DataFrame, wall_s: float) -> dict[str, Any]:
+    """One line of a variant comparison: the number of folds in `table` (a `cv_table`) and each metric as
+    'mean ± std' (the mean alone for one fold, 'n/a' for none)."""
+    per_fold = table[~table["fold"].isin(["mean", "std"])] if not table.empty else table
+    row: dict[str, Any] = {"variant": variant, "folds": len(per_fold)}
+    for metric in TABLE_METRICS:
+        if per_fold.empty or metric not in table.columns:
+            row[metric] = "n/a"
+            continue
+        mean = table.loc[table["fold"] == "mean", metric].iloc[0]
+        std = table.loc[table["fold"] == "std", metric].iloc[0]
+        row[metric] = f"{mean:.4f}" + (f" ± {std:.4f}" if len(per_fold) > 1 else "")
+    row["wall_s"] = round(wall_s, 1)
+    return row

@@ -198,6 +198,17 @@ def test_cv_table_has_per_fold_rows_and_mean_std() -> None:
     assert text.startswith("title") and "f1 0.9000 ± 0.1000" in text
 
 
+def test_summary_row_gives_mean_and_spread_per_metric() -> None:
+    from raydetect.train.cv import cv_table, summary_row
+
+    two = summary_row("v", cv_table([_fold_run(0, 0.8), _fold_run(1, 1.0)]), 12.34)
+    assert two["folds"] == 2 and two["f1"] == "0.9000 ± 0.1000" and two["loss"] == "0.5000 ± 0.0000"
+    assert two["wall_s"] == 12.3
+    assert summary_row("v", cv_table([_fold_run(0, 0.8)]), 1.0)["f1"] == "0.8000"  # one fold: no spread
+    none = summary_row("v", cv_table([]), 0.0)
+    assert none["folds"] == 0 and none["auc"] == "n/a"
+
+
 def test_leaderboard_ranks_finished_trials_by_objective() -> None:
     from types import SimpleNamespace
 
