@@ -295,11 +295,13 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.threads:
-        args.threads = max(1, (os.cpu_count() or 1) // (1 if args.sequential or args.only else len(variants)))
+        sharing = 1 if args.sequential else len(variants)  # a child (--only) shares the cores with its siblings
+        args.threads = max(1, (os.cpu_count() or 1) // sharing)
     started = time.monotonic()
     if args.only:
         run_variant(args, args.only, dict(variants)[args.only])
         return
+    failed: list[str] = []
     if args.sequential or len(variants) == 1:
         for name, overrides in variants:
             run_variant(args, name, overrides)
@@ -310,9 +312,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
         codes = [child.wait() for child in children]
         failed = [name for (name, _), code in zip(variants, codes, strict=True) if code]
-        if failed:
-            print(f"variants that failed: {failed}", flush=True)
     report(out, variants, time.monotonic() - started)
+    if failed:
+        sys.exit(f"variants that failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -84,3 +84,16 @@ def test_deadline_cuts_folds_and_leaves_them_out_of_the_mean(dataset: Path, tmp_
 def test_bad_variant_is_a_clear_usage_error(dataset: Path, tmp_path: Path) -> None:
     done = run_script(str(dataset), "--out", str(tmp_path), "--variant", "nosettings")
     assert done.returncode == 2 and "NAME=KEY=VALUE" in done.stderr
+
+
+def test_a_failing_variant_fails_the_run_and_the_others_are_still_reported(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    done = run_script(
+        str(dataset), "--cv", "2", "--out", str(out), *TINY, "--set", "train.epochs=1",
+        "--variant", "good=train.backbone=tinycnn,train.weights=none",
+        "--variant", "bad=train.backbone=nosuchnet,train.weights=none",
+    )  # fmt: skip
+    assert done.returncode == 1 and "variants that failed: bad" in done.stderr
+    assert "unknown backbone 'nosuchnet'" in done.stderr
+    summary = pd.read_csv(out / "summary.csv").set_index("variant")
+    assert summary.loc["good", "folds"] == 2 and summary.loc["bad", "folds"] == 0
