@@ -153,7 +153,14 @@ def run_variant(args: argparse.Namespace, name: str, overrides: list[str]) -> No
     from raydetect.models.backbones import build_backbone, default_normalization
     from raydetect.train.cv import fold_assignment
     from raydetect.train.loop import fit, predict_batches
-    from raydetect.train.trainer import FoldRun, augments, image_size, labelled_rows, loop_config
+    from raydetect.train.trainer import (
+        FoldRun,
+        augment_view_count,
+        augments,
+        image_size,
+        labelled_rows,
+        loop_config,
+    )
 
     started = time.monotonic()
     settings = load_settings(args.config, [*args.overrides, *overrides])
@@ -167,13 +174,14 @@ def run_variant(args: argparse.Namespace, name: str, overrides: list[str]) -> No
         print(f"[{name} {time.monotonic() - started:6.0f}s] {text}", flush=True)
 
     df = fold_assignment(labelled_rows(read_manifest(args.root, "train", settings)), args.cv, settings, args.root)
-    size, crop = image_size(settings), native_crop(train.crop_size, image_size(settings))
+    size = image_size(settings)
+    crop = native_crop(train.crop_size, size)
     paths = df["path"].tolist()
     images = decode_all(paths, size, threads)
     plain = torch.from_numpy(augmented_view(images, size, 0.0, None, -1, threads)).to(device)
     views = [plain]  # as in the Ray trainer: no augmentation and no crop -> the evaluation images
     if augments(settings):
-        seeds = [settings.seed * 1000 + v for v in range(max(1, min(train.augment_views, train.epochs)))]
+        seeds = [settings.seed * 1000 + v for v in range(augment_view_count(settings))]
         views = [
             torch.from_numpy(augmented_view(images, size, train.augment_strength, crop, seed, threads)).to(device)
             for seed in seeds

@@ -105,6 +105,12 @@ def augments(settings: Settings) -> bool:
     return train.augment_strength > 0 or native_crop(train.crop_size, image_size(settings)) is not None
 
 
+def augment_view_count(settings: Settings) -> int:
+    """How many differently-augmented training views to make: `augment_views` (at most one per epoch), else 1."""
+    train = settings.train
+    return max(1, min(train.augment_views, train.epochs)) if augments(settings) else 1
+
+
 def storage_root(settings: Settings) -> str:
     """Where Ray Train writes runs and checkpoints: train.storage_path, else <workdir>/runs (absolute)."""
     return storage.normalize(settings.train.storage_path or str(settings.workdir_path / "runs"))
@@ -327,7 +333,7 @@ def fit_fold(
     train_df, val_df = labelled_rows(train_df), labelled_rows(val_df)
     name = name or unique_name(f"{train.backbone}-fold{fold if fold is not None else 'x'}")
     workers = train.workers
-    views = max(1, min(train.augment_views, train.epochs)) if augments(settings) else 1
+    views = augment_view_count(settings)
     mean, std = default_normalization(train.backbone)
     loop = loop_config(settings)
     gpu = use_gpu(settings)

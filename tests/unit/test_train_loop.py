@@ -314,3 +314,16 @@ def test_worker_threads_share_the_node_unless_configured() -> None:
     assert worker_threads(0, workers_on_node=2, cores=2) == 1
     assert worker_threads(0, workers_on_node=4, cores=2) == 1  # never 0
     assert worker_threads(0, workers_on_node=4, cores=16) == 4
+
+
+def test_augment_view_count_is_one_per_epoch_at_most_and_one_without_augmentation() -> None:
+    from raydetect.config import load_settings
+    from raydetect.train.trainer import augment_view_count
+
+    def views(**train: object) -> int:
+        return augment_view_count(load_settings(None, {"images": {"size": 64}, "train": train}))
+
+    assert views(crop_size=32, augment_views=4, epochs=10) == 4
+    assert views(crop_size=32, augment_views=4, epochs=2) == 2  # no view would go unused
+    assert views(crop_size=None, augment_strength=0.0, augment_views=4, epochs=10) == 1  # nothing to vary
+    assert views(crop_size=None, augment_strength=0.5, augment_views=3, epochs=10) == 3
