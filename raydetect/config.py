@@ -66,7 +66,7 @@ class TrainSettings(_Section):
     augment_strength: float = Field(0.0, ge=0)
     image_size: int | None = Field(None, gt=0)  # null -> images.size
     crop_size: int | None = Field(128, gt=0)  # train on random crops of this side at native resolution
-    augment_views: int = Field(2, gt=0)  # differently-seeded augmented copies of the train set, cycled per epoch
+    augment_views: int = Field(8, gt=0)  # differently-seeded augmented copies of the train set, cycled per epoch
     storage_path: str | None = None  # Ray Train checkpoints (local or s3://); null -> <workdir>/runs
     use_gpu: bool | None = None  # null -> when the cluster has GPUs
     cpus_per_worker: float = Field(1.0, gt=0)
