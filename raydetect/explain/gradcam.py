@@ -11,6 +11,8 @@ AI, `-logit` when it is called real), so the heat always shows what drove the ca
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +37,9 @@ class SignedLogitTarget:
 
 def target_layers(model: nn.Module) -> list[nn.Module]:
     """The last convolutional stage: `layer4[-1]` for ResNets, `features` for TinyCNN/EfficientNet-style
-    models, else the last `Conv2d`."""
+    models, the first norm of the last block for ViTs (with `reshape_transform`), else the last `Conv2d`."""
+    if _is_vit(model):
+        return [model.blocks[-1].norm1]
     layer4 = getattr(model, "layer4", None)
     if isinstance(layer4, nn.Sequential) and len(layer4) > 0:
         return [layer4[-1]]
@@ -49,6 +53,33 @@ def target_layers(model: nn.Module) -> list[nn.Module]:
     return [convs[-1]]
 
 
+def _is_vit(model: nn.Module) -> bool:
+    blocks = getattr(model, "blocks", None)
+    return (
+        hasattr(model, "patch_embed")
+        and isinstance(blocks, nn.Sequential)
+        and len(blocks) > 0
+        and hasattr(blocks[-1], "norm1")
+    )
+
+
+def reshape_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """For ViTs: tokens (N, prefix + H*W, C) -> a feature map (N, C, H, W) without the class token, the
+    pytorch-grad-cam recipe for transformers; None for CNNs."""
+    if not _is_vit(model):
+        return None
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+
+    def to_grid(tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, prefix:, :]
+        side = math.isqrt(patches.shape[1])
+        if side * side != patches.shape[1]:
+            raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
+        return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
+
+    return to_grid
+
+
 def gradcam_map(model: nn.Module, batch: np.ndarray | torch.Tensor, sign: float = 1.0) -> np.ndarray:
     """Grad-CAM heat (H x W, in [0, 1], at the input's size) of `sign * logit` for one NCHW input."""
     from pytorch_grad_cam import GradCAM
@@ -59,7 +90,10 @@ def gradcam_map(model: nn.Module, batch: np.ndarray | torch.Tensor, sign: float 
         tensor = tensor[None]
     was_training = model.training
     try:
-        with torch.enable_grad(), GradCAM(model=model, target_layers=target_layers(model)) as cam:
+        with (
+            torch.enable_grad(),
+            GradCAM(model=model, target_layers=target_layers(model), reshape_transform=reshape_transform(model)) as cam,
+        ):
             heat = cam(input_tensor=tensor, targets=[SignedLogitTarget(sign)])
     finally:
         model.zero_grad(set_to_none=True)

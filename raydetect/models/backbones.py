@@ -1,6 +1,7 @@
 """Binary detectors built the ecosystem's way: one logit on top of a torchvision (or timm) backbone.
 
-`weights` is `imagenet` (the library's own pretrained weights and cache; needs internet the first time),
+`weights` is `imagenet` (the library's own pretrained weights and cache; needs internet the first time; for the
+CLIP encoders that is OpenAI's CLIP, not ImageNet),
 `none` (random init), or a local/URI path to a state_dict or a raydetect model directory.
 """
 
@@ -75,6 +76,17 @@ for _variant in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2
     register(_variant)(lambda weights, _variant=_variant: _efficientnet_lite(_variant, weights))
 
 
+def _clip_vit(variant: str, weights: str) -> nn.Module:
+    from raydetect.models import clip  # timm is imported only when one is built
+
+    return clip.clip_vit(variant, weights)
+
+
+# CLIP ViT-B/16 and ViT-L/14 image encoders (timm), OpenAI's weights from the Hugging Face hub, see clip.py.
+for _variant in ("clip_vit_b16", "clip_vit_l14"):
+    register(_variant)(lambda weights, _variant=_variant: _clip_vit(_variant, weights))
+
+
 @register("tinycnn")
 def _tinycnn(weights: str) -> nn.Module:
     if weights == "imagenet":
@@ -110,16 +122,22 @@ def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
 
 
 def stem_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Everything but the classification head, for freezing the backbone in the first epochs."""
-    head = getattr(model, "fc", None) or getattr(model, "classifier", None)
+    """Everything but the classification head, for freezing the backbone in the first epochs (or all of
+    them: a linear probe)."""
+    head = getattr(model, "fc", None) or getattr(model, "classifier", None) or getattr(model, "head", None)
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     return [p for p in model.parameters() if id(p) not in head_ids]
 
 
 def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) the backbone's pretrained weights expect: TF's 0.5/0.5 for EfficientNet-Lite, else ImageNet's."""
+    """(mean, std) the backbone's pretrained weights expect: TF's 0.5/0.5 for EfficientNet-Lite, CLIP's for
+    the CLIP encoders, else ImageNet's."""
     from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if name.startswith("efficientnet_lite"):
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    if name.startswith("clip_vit"):
+        from raydetect.models.clip import PREPROCESSING
+
+        return PREPROCESSING["mean"], PREPROCESSING["std"]
     return IMAGENET_MEAN, IMAGENET_STD

@@ -46,7 +46,8 @@ def check_input_filter(name: str) -> str:
 
 def add_input_filter(model: nn.Module, name: str) -> nn.Module:
     """Put the filter `name` in front of the model's stem convolution (`conv_stem` for timm EfficientNets,
-    `conv1` for torchvision ResNets, `features` for TinyCNN); `none` returns the model unchanged."""
+    `conv1` for torchvision ResNets, `patch_embed.proj` for timm ViTs, `features` for TinyCNN); `none`
+    returns the model unchanged."""
     if check_input_filter(name) == "none":
         return model
     filt = NPRFilter()
@@ -55,8 +56,13 @@ def add_input_filter(model: nn.Module, name: str) -> nn.Module:
         if isinstance(stem, nn.Module):
             setattr(model, attr, nn.Sequential(filt, stem))
             return model
+    patch_embed = getattr(model, "patch_embed", None)
+    if isinstance(getattr(patch_embed, "proj", None), nn.Conv2d):
+        patch_embed.proj = nn.Sequential(filt, patch_embed.proj)
+        return model
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential):
         model.features = nn.Sequential(filt, *features)
         return model
-    raise ValueError(f"{type(model).__name__} has no known stem (conv_stem, conv1 or features) for an input filter")
+    known = "conv_stem, conv1, patch_embed.proj or features"
+    raise ValueError(f"{type(model).__name__} has no known stem ({known}) for an input filter")

@@ -52,7 +52,7 @@ def test_weight_mapping_is_complete_and_rejects_mismatches() -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["tinycnn", "resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["tinycnn", "resnet18", "efficientnet_lite0", "clip_vit_b16"])
 def test_registry_builds_one_logit_classifiers(name: str) -> None:
     model = build_backbone(name, "none").eval()
     with torch.no_grad():
@@ -72,6 +72,7 @@ def test_imagenet_backbone_gets_a_fresh_one_logit_head() -> None:
 def test_registry_lists_all_families_and_rejects_unknown_names() -> None:
     names = available_backbones()
     assert {"resnet18", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= set(names)
+    assert {"clip_vit_b16", "clip_vit_l14"} <= set(names)
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("vgg11")
     with pytest.raises(ValueError, match="no ImageNet weights"):
@@ -105,7 +106,7 @@ def test_npr_filter_keeps_pixel_relationships_and_drops_block_constant_content()
     assert NPRFilter()(noisy).abs().max() > out.abs().max()  # the default scale amplifies the residual
 
 
-@pytest.mark.parametrize("name", ["tinycnn", "resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["tinycnn", "resnet18", "efficientnet_lite0", "clip_vit_b16"])
 def test_npr_filter_sits_in_front_of_the_stem_and_survives_a_save_and_load(name: str, tmp_path) -> None:
     from raydetect.models.bundle import ModelCard, load_model, save_model
     from raydetect.models.filters import NPRFilter
