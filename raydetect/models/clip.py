@@ -56,9 +56,10 @@ def clip_vit(variant: str, weights: str = "none") -> nn.Module:
     except Exception as exc:  # timm may wrap the hub error
         if weights != "imagenet" or not _caused_by(exc, OSError):  # hub errors: not cached, offline, no route
             raise
+        repo = hub_id(variant)
         raise MissingWeightsError(
-            f"the CLIP weights of {variant} ({hub_id(variant)}) are not in the Hugging Face cache and could not "
-            f"be downloaded ({type(exc).__name__}). On a machine with internet: `hf download {hub_id(variant)}`, "
+            f"the CLIP weights of {variant} ({repo}) are not in the Hugging Face cache and could not "
+            f"be downloaded ({type(exc).__name__}). On a machine with internet: `hf download {repo}`, "
             "then copy the cache here and set HF_HUB_OFFLINE=1 (and HF_HOME if it is not ~/.cache/huggingface)"
         ) from exc
 
