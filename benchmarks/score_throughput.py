@@ -46,20 +46,18 @@ def make_images(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def plain_loop(paths: list[Path], detector, size: int, batch_size: int, keep: list | None = None) -> float:
-    """images/s of read + decode + preprocess + forward in this process."""
+def plain_loop(paths: list[Path], detector, batch_size: int, keep: list | None = None) -> float:
+    """images/s of read + decode + views (the model's view policy) + forward in this process."""
     from raydetect.data.images import decode_image
-    from raydetect.data.transforms import preprocess
+    from raydetect.models.views import make_views, normalize
 
     card = detector.card
     start = time.perf_counter()
     for i in range(0, len(paths), batch_size):
-        batch = np.stack(
-            [preprocess(decode_image(p.read_bytes()), size, card.mean, card.std) for p in paths[i : i + batch_size]]
-        )
-        detector.predict(batch)
+        views = [make_views(decode_image(p.read_bytes()), detector.policy) for p in paths[i : i + batch_size]]
+        detector.predict_images(views, max_batch=batch_size)
         if keep is not None:
-            keep.append(batch)
+            keep.append(normalize(np.concatenate(views), card.mean, card.std).numpy())
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -114,8 +112,12 @@ def steady_state(rows) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--side", type=int, default=256, help="image side in px (cropped to --image-size)")
+    parser.add_argument("--side", type=int, default=256, help="image side in px")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--views", default="native", choices=["native", "resize"],
+        help="the model card's view policy: native tiles (default) or the legacy resize + centre crop",
+    )  # fmt: skip
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--actors", default=None, help="MIN:MAX model actors (default: the config)")
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     from raydetect.config import load_settings
     from raydetect.models.backbones import build_backbone
     from raydetect.models.bundle import Detector, ModelCard, save_model
+    from raydetect.models.views import ViewPolicy, view_boxes
     from raydetect.score import results
     from raydetect.score.pipeline import score_run
 
@@ -141,27 +144,30 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     model_uri = save_model(
         build_backbone(args.backbone, "none"),
-        ModelCard(backbone=args.backbone, name=f"bench-{args.backbone}", version="0", image_size=args.image_size),
+        ModelCard(backbone=args.backbone, name=f"bench-{args.backbone}", version="0", image_size=args.image_size,
+                  views=ViewPolicy(mode=args.views, size=args.image_size).to_dict()),
         str(work / "model"),
     )
     detector = Detector.load(model_uri, device="cpu")
+    tiles = len(view_boxes(args.side, args.side, detector.policy))
     out: dict = {"n": args.n, "side": args.side, "image_size": args.image_size, "backbone": args.backbone,
+                 "views": detector.policy.to_dict(), "views_per_image": tiles,
                  "batch_size": args.batch_size, "cores": cores, "torch": torch.__version__}  # fmt: skip
 
     # (a) plain loop, best thread count (probed on a slice), warm-up included in the probe
     probe = paths[: min(len(paths), 4 * args.batch_size)]
-    plain_loop(probe[: args.batch_size], detector, args.image_size, args.batch_size)  # warm-up (kernels, caches)
+    plain_loop(probe[: args.batch_size], detector, args.batch_size)  # warm-up (kernels, caches)
     trials = {}
     for threads in sorted({1, max(1, cores // 2), cores}):
         torch.set_num_threads(threads)
-        trials[threads] = plain_loop(probe, detector, args.image_size, args.batch_size)
+        trials[threads] = plain_loop(probe, detector, args.batch_size)
     best = max(trials, key=trials.get)
     torch.set_num_threads(best)
     batches: list[np.ndarray] = []
     out["plain_threads_probe"] = {str(k): round(v, 2) for k, v in trials.items()}
     out["plain_threads"] = best
     cpu = tree_cpu_seconds()
-    out["a_plain_loop"] = plain_loop(paths, detector, args.image_size, args.batch_size, keep=batches)
+    out["a_plain_loop"] = plain_loop(paths, detector, args.batch_size, keep=batches)
     out["a_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / args.n
     # (b) model only on preloaded tensors
     cpu = tree_cpu_seconds()
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         ray.shutdown()
 
     torch.set_num_threads(best)
-    out["a_plain_loop_after"] = plain_loop(paths, detector, args.image_size, args.batch_size)
+    out["a_plain_loop_after"] = plain_loop(paths, detector, args.batch_size)
     plain = (out["a_plain_loop"] + out["a_plain_loop_after"]) / 2
     out["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     # CPU time per image: what each way costs, whatever share of a shared machine it happened to get.
@@ -201,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     out["ratio_end_to_end_vs_model_only"] = out["c_pipeline_end_to_end"] / out["b_model_only"]
 
     lines = [
-        f"{args.n} JPEGs {args.side}px -> {args.image_size}px, {args.backbone} (untrained), batch {args.batch_size}, "
+        f"{args.n} JPEGs {args.side}px, {tiles} {args.views} view(s) of {args.image_size}px per image "
+        f"(img/s x {tiles} = views/s), {args.backbone} (untrained), batch {args.batch_size}, "
         f"{cores} cores, load average before/after {out['load_average_before_after']}",
         f"(a) plain loop, {best} thread(s)        {out['a_plain_loop']:8.1f} img/s"
         f"  (again after (c): {out['a_plain_loop_after']:.1f}); CPU {out['a_cpu_ms_per_image']:.1f} ms/image",

@@ -124,18 +124,17 @@ def _paired_overhead(url: str, data: bytes, model_uri: str, threads: int, pairs:
     import torch
 
     from raydetect.data.images import decode_image
-    from raydetect.data.transforms import preprocess
     from raydetect.models.bundle import Detector
+    from raydetect.models.views import make_views
 
     torch.set_num_threads(threads)
     detector = Detector.load(model_uri, device="cpu")
-    card = detector.card
 
     def direct() -> tuple[float, float]:
         start = time.perf_counter()
-        batch = preprocess(decode_image(data), card.image_size, tuple(card.mean), tuple(card.std))[None]
+        views = make_views(decode_image(data), detector.policy)
         mid = time.perf_counter()
-        detector.predict(batch)
+        detector.predict_images([views])
         end = time.perf_counter()
         return end - start, end - mid
 

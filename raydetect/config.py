@@ -24,8 +24,19 @@ class StorageSettings(_Section):
     anonymous: bool = False
 
 
+class ViewSettings(_Section):
+    """How a model trained now will have its inputs made (recorded in its card; models/views.py)."""
+
+    mode: Literal["native", "resize"] = "native"
+    max_tiles: int = Field(16, gt=0)
+    aggregate: Literal["mean", "max", "topk"] = "mean"
+    top_k: int = Field(3, gt=0)
+    small: Literal["whole", "pad"] = "whole"
+
+
 class ImageSettings(_Section):
     size: int = Field(224, gt=0)
+    views: ViewSettings = ViewSettings()
     max_pixels: int = Field(40_000_000, gt=0)
     max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     allowed_formats: list[str] = ["JPEG", "PNG", "WEBP"]
@@ -79,7 +90,8 @@ class TrainSettings(_Section):
 
 
 class ScoreSettings(_Section):
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0)  # images per model batch, and views per forward pass
+    views: Literal["card", "native", "resize"] = "card"  # the view policy's mode: the model card's, or forced
     min_actors: int = Field(1, gt=0)
     max_actors: int = Field(2, gt=0)
     actor_num_cpus: float = Field(0.5, gt=0)

@@ -27,17 +27,20 @@ def free_port() -> int:
 
 
 def make_model(path: Path, backbone: str = "tinycnn", image_size: int = 64, version: str = "1", seed: int = 0,
-               name: str = "test-detector", input_filter: str = "none") -> str:
-    """A randomly initialised model directory (weights `none`), deterministic for a seed."""
+               name: str = "test-detector", input_filter: str = "none", views: str | None = None) -> str:
+    """A randomly initialised model directory (weights `none`), deterministic for a seed; `views` = native
+    or resize records that view policy in the card (None: a card without one, scored as `resize`)."""
     import torch
 
     from raydetect.models.backbones import build_backbone
     from raydetect.models.bundle import ModelCard, save_model
+    from raydetect.models.views import ViewPolicy
 
     torch.manual_seed(seed)
     model = build_backbone(backbone, "none", input_filter=input_filter).eval()
+    policy = ViewPolicy(mode=views, size=image_size).to_dict() if views else None
     card = ModelCard(backbone=backbone, name=name, version=version, image_size=image_size, threshold=0.5,
-                     review_band=[0.45, 0.55], input_filter=input_filter)
+                     review_band=[0.45, 0.55], input_filter=input_filter, views=policy)
     return save_model(model, card, str(path))
 
 
@@ -119,16 +122,13 @@ def jpeg_with_orientation(array: np.ndarray, orientation: int = 6) -> bytes:
 
 
 def direct_prediction(model_uri: str, data: bytes) -> tuple[float, str]:
-    """What calling the model directly gives: safe decode -> preprocess -> Detector.predict."""
+    """What calling the model directly gives: safe decode -> the model's views -> Detector.predict_images."""
     from raydetect.data.images import decode_image
-    from raydetect.data.transforms import preprocess
     from raydetect.models.bundle import Detector
 
     detector = Detector.load(model_uri, device="cpu")
-    card = detector.card
-    image = decode_image(data)
-    prob = float(detector.predict(preprocess(image, card.image_size, tuple(card.mean), tuple(card.std))[None])[0])
-    return prob, card.decide(prob)
+    prob = detector.predict_image(decode_image(data))
+    return prob, detector.card.decide(prob)
 
 
 def ray_log_dir() -> Path:

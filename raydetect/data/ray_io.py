@@ -31,7 +31,8 @@ import pyarrow as pa
 from raydetect import storage
 from raydetect.config import Settings, StorageSettings
 from raydetect.data.images import DecodeLimits, sha256_hex, try_decode
-from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, native_crop, preprocess
+from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, native_crop
+from raydetect.models.views import ViewError, ViewPolicy, append_views, make_views, normalize
 
 DEFAULT_ROWS_PER_BLOCK = 128
 DEFAULT_READ_BATCH = 32
@@ -182,7 +183,11 @@ class DecodePreprocess:
 
     Every input column except `bytes` is passed through. With augmentation on (`augment_seed` given or
     `augment_strength > 0`) each row gets `TrainAugment` seeded by (augment_seed, path): deterministic
-    whatever the batching or actor; pass a different seed per epoch for fresh augmentations."""
+    whatever the batching or actor; pass a different seed per epoch for fresh augmentations.
+
+    With a view `policy` and no augmentation (validation, evaluation), a pyarrow batch gets each row's uint8
+    views as scoring makes them (`models.views.append_views`) instead of `image`: one preprocessing path
+    for validation and scoring. Without one, `image` is the `resize` policy's single view, normalised."""
 
     def __init__(
         self,
@@ -194,6 +199,7 @@ class DecodePreprocess:
         limits: DecodeLimits | None = None,
         storage_settings: StorageSettings | None = None,
         crop_size: int | None = None,
+        policy: ViewPolicy | dict | None = None,
     ):
         self.size = int(size)
         self.storage = storage_settings  # used only for batches without `bytes` (it then reads `path`)
@@ -205,6 +211,10 @@ class DecodePreprocess:
         self.limits = limits or DecodeLimits()
         self.crop_size = native_crop(crop_size, self.size) if self.augment else None
         self.output_size = self.crop_size or self.size
+        if isinstance(policy, dict):
+            policy = ViewPolicy(**policy)
+        self.policy = None if self.augment else policy
+        self.resize = ViewPolicy(mode="resize", size=self.output_size)
 
     def process(
         self, blob: bytes, read_error: str | None, key: Any
@@ -217,19 +227,27 @@ class DecodePreprocess:
         if image is None:
             return None, digest, error
         try:
+            if self.policy is not None:
+                return make_views(image, self.policy), digest, None
             if self.augment:
                 seed = _row_seed(self.augment_seed, key)
                 image = TrainAugment(self.size, self.augment_strength, seed, self.crop_size)(image)
-            return preprocess(image, self.output_size, self.mean, self.std), digest, None
+            views = make_views(image, self.resize)
+            return normalize(views, self.mean, self.std).numpy()[0], digest, None
+        except ViewError as exc:
+            return None, digest, str(exc)
         except Exception as exc:  # noqa: BLE001 - a transform failure is an error row, not a dead job
             return None, digest, f"transform_failed: {type(exc).__name__}: {exc}"
 
     def run(
         self, blobs: Sequence[Any], read_errors: Sequence[Any] | None, keys: Sequence[Any]
-    ) -> tuple[np.ndarray, list[str | None], list[str | None]]:
-        """A batch's NCHW images, sha256s and errors (the part every batch format shares)."""
+    ) -> tuple[np.ndarray | list, list[str | None], list[str | None]]:
+        """A batch's NCHW images (with a policy: each row's uint8 views, None on error), sha256s and errors
+        (the part every batch format shares)."""
         n = len(blobs)
-        images = np.zeros((n, 3, self.output_size, self.output_size), dtype=np.float32)
+        images: np.ndarray | list = (
+            [None] * n if self.policy else np.zeros((n, 3, self.output_size, self.output_size), dtype=np.float32)
+        )
         digests: list[str | None] = []
         errors: list[str | None] = []
         for i in range(n):
@@ -260,7 +278,10 @@ class DecodePreprocess:
             images, digests, errors = self.run(blobs, read_errors, list(keys))
             out = batch.select([c for c in batch.column_names if c not in dropped])
             out = out.append_column("sha256", pa.array(digests, type=pa.string()))
-            out = out.append_column("image", ArrowTensorArray.from_numpy(images))
+            if self.policy is not None:
+                out = append_views(out, self.policy, images)
+            else:
+                out = out.append_column("image", ArrowTensorArray.from_numpy(images))
             return out.append_column("error", pa.array(errors, type=pa.string()))
         as_pandas = isinstance(batch, pd.DataFrame)
         columns: dict[str, Any] = (
@@ -298,13 +319,15 @@ def image_dataset(
     actor_num_cpus: float = 0.5,
     rows_per_block: int = DEFAULT_ROWS_PER_BLOCK,
     crop_size: int | None = None,
+    policy: ViewPolicy | None = None,
 ):
     """The manifest read and decoded by `DecodePreprocess` in a small actor pool (Arrow batches): one
     stage, so no read task has to find a free CPU beside the actors (cf. `read_image_bytes`).
 
     Rows: every manifest column + `sha256`, `image` (float32 3 x size x size), `error`. With `augment`,
     `TrainAugment(size, augment_strength, crop=crop_size)` seeded per row by (augment_seed or 0, path); its
-    images are then crop_size x crop_size native-resolution windows."""
+    images are then crop_size x crop_size native-resolution windows. Without `augment`, a view `policy` gives
+    each row's uint8 views as scoring makes them instead of `image` (see `DecodePreprocess`)."""
     import ray
 
     if limits is None and settings is not None:
@@ -318,6 +341,7 @@ def image_dataset(
         "limits": limits,
         "storage_settings": settings.storage if settings else None,
         "crop_size": crop_size if augment else None,
+        "policy": None if augment or policy is None else policy.to_dict(),
     }
     return manifest_dataset(df, rows_per_block).map_batches(
         DecodePreprocess,

@@ -1,4 +1,5 @@
-"""Preprocessing (resize + centre crop + ImageNet normalisation) and seeded training augmentations."""
+"""Seeded training augmentations. The evaluation transform (image -> model views) lives in
+`raydetect.models.views`, the one place scoring, Serve, validation and Grad-CAM get it from."""
 
 from __future__ import annotations
 
@@ -9,42 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFilter
 
+from raydetect.models.views import resize_center_crop
+
 if TYPE_CHECKING:  # torch is imported lazily: decode workers should not pay for it
     import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side to `size` (bicubic, only when it differs), then a centre crop of size x size."""
-    width, height = image.size
-    if min(width, height) != size:
-        scale = size / min(width, height)
-        new = (max(size, round(width * scale)), max(size, round(height * scale)))
-        image = image.resize(new, Image.Resampling.BICUBIC)
-        width, height = image.size
-    left, top = (width - size) // 2, (height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def to_normalized_array(
-    image: Image.Image, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
-) -> np.ndarray:
-    """HWC uint8 RGB -> CHW float32, normalised."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
-def preprocess(
-    image: Image.Image,
-    size: int = 224,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
-) -> np.ndarray:
-    """The evaluation transform: what scoring and serving apply to every decoded image."""
-    return to_normalized_array(resize_center_crop(image, size), mean, std)
 
 
 def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
@@ -59,14 +31,28 @@ def native_crop(crop: int | None, size: int) -> int | None:
     return int(crop) if crop and crop < size else None
 
 
+def random_native_crop(image: Image.Image, crop: int, rng: random.Random) -> Image.Image:
+    """A random `crop` x `crop` window of the image at native resolution, from anywhere in an image of any
+    size; a side shorter than `crop` is reflect-padded (never upscaled)."""
+    width, height = image.size
+    if width < crop or height < crop:
+        array = np.asarray(image.convert("RGB"))
+        pad_h, pad_w = max(0, crop - height), max(0, crop - width)
+        mode = "reflect" if pad_h < height and pad_w < width else "symmetric"
+        image = Image.fromarray(np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode))
+        width, height = image.size
+    left, top = rng.randint(0, width - crop), rng.randint(0, height - crop)
+    return image.crop((left, top, left + crop, top + crop))
+
+
 class TrainAugment:
     """Seeded training augmentation: random resized crop, flip, colour jitter, and CNNDetection's
     blur + JPEG recipe (Gaussian blur sigma~U(0,3) and JPEG q~U(30,100), each with probability p).
 
-    With `crop` (< size) the image is first brought to the evaluation geometry (`resize_center_crop` to
-    `size`, a no-op for images already that size) and a random `crop` x `crop` window is cut at native
-    resolution instead of the random *resized* crop: no resampling, so the pixel-level traces a detector
-    learns survive, and a step costs (crop / size)^2 of a full-size one."""
+    With `crop` (< size) a random `crop` x `crop` window is cut at native resolution from anywhere in the
+    image, whatever its size, instead of the random *resized* crop: no resampling, so the pixel-level traces
+    a detector learns survive (as the `native` view policy keeps them at scoring time), and a step costs
+    (crop / size)^2 of a full-size one."""
 
     def __init__(self, size: int = 224, strength: float = 1.0, seed: int = 0, crop: int | None = None):
         self.size = size
@@ -81,9 +67,7 @@ class TrainAugment:
     def __call__(self, image: Image.Image) -> Image.Image:
         rng, s = self.rng, self.strength
         if self.crop:
-            image = resize_center_crop(image, self.size)
-            left, top = rng.randint(0, self.size - self.crop), rng.randint(0, self.size - self.crop)
-            image = image.crop((left, top, left + self.crop, top + self.crop))
+            image = random_native_crop(image, self.crop, rng)
         width, height = image.size
         if s > 0 and not self.crop:
             area = width * height * rng.uniform(max(0.25, 1 - 0.6 * s), 1.0)

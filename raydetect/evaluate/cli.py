@@ -1,4 +1,4 @@
-"""`raydetect evaluate`: score-vs-label metrics and the HTML report."""
+"""`raydetect evaluate`: score-vs-label metrics and the HTML report, from a scoring run or a model."""
 
 from __future__ import annotations
 
@@ -9,24 +9,54 @@ import typer
 
 
 def evaluate(
-    predictions: Annotated[str, typer.Argument(help="Predictions folder (a scoring run), local or s3://.")],
-    data: Annotated[str, typer.Option("--data", help="Labelled dataset root (Kaggle layout).")],
+    predictions: Annotated[
+        str | None,
+        typer.Argument(help="Predictions folder (a scoring run), local or s3://; omit it with --model."),
+    ] = None,
+    data: Annotated[str, typer.Option("--data", help="Labelled dataset root (Kaggle layout).")] = ...,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Score --data's split with this model first (the batch pipeline)."),
+    ] = None,
     split: Annotated[str, typer.Option(help="Which labels: test (test_labels.csv) or train.")] = "test",
     output: Annotated[str, typer.Option("--output", "-o", help="HTML report path.")] = "report.html",
     threshold: Annotated[float | None, typer.Option(help="Decision threshold (default: the model's).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", exists=True)] = None,
 ) -> None:
-    """Join predictions to labels and write a single-file HTML report (+ JSON summary beside it)."""
+    """Join predictions to labels and write a single-file HTML report (+ JSON summary beside it).
+
+    With --model, the split is scored first by the same Ray Data pipeline as `raydetect score` (into
+    <workdir>/predictions/run=evaluate-<model version>, resumable), so evaluation sees exactly the P(AI)
+    that scoring and Serve give."""
     from raydetect.config import load_settings
     from raydetect.data.manifest import read_manifest
     from raydetect.evaluate.report import write_report
 
     settings = load_settings(config)
+    if predictions is None and model is None:
+        typer.secho("error: give a PREDICTIONS folder or --model", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    if model is not None:
+        predictions = score_for_evaluation(data, model, split, settings)
     labelled = read_manifest(data, split=split, settings=settings)
-    summary = write_report(predictions, labelled, output, threshold, context={"predictions": predictions, "data": data})
+    context = {"predictions": predictions, "data": data, **({"model": model} if model else {})}
+    summary = write_report(predictions, labelled, output, threshold, context=context)
     overall = summary["overall"]
     typer.echo(
         f"accuracy {overall['accuracy']:.4f}  f1 {overall['f1']:.4f}  auc {overall['auc_roc']:.4f}  "
         f"(n={overall['n']}, unreadable={summary['errors']})"
     )
     typer.echo(f"report: {output}")
+
+
+def score_for_evaluation(data: str, model: str, split: str, settings) -> str:
+    """Score `split` of `data` with `model` through the batch pipeline; returns the run folder."""
+    from raydetect.score.cli import run_and_summarize
+    from raydetect.score.pipeline import parse_models
+
+    spec = parse_models(model)
+    run_id = "evaluate-" + "".join(c if c.isalnum() or c in "-." else "_" for c in str(spec.card.version))
+    out = run_and_summarize(
+        data, model, str(settings.workdir_path / "predictions"), run_id, split=split, settings=settings
+    )
+    return out["output"]

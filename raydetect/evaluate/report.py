@@ -14,7 +14,7 @@ import pandas as pd
 from raydetect import storage
 from raydetect.evaluate.metrics import binary_metrics, metrics_by_group
 
-GROUP_COLUMNS = ("category", "generator", "processing")
+GROUP_COLUMNS = ("category", "generator", "processing", "size")
 
 
 def _figure_to_data_uri(fig) -> str:
@@ -95,6 +95,10 @@ def evaluate_frame(joined: pd.DataFrame, threshold: float) -> dict:
     labels = joined["label"].astype(int).to_numpy()
     prob_ai = joined["prob_ai"].astype(float).to_numpy()
     result: dict = {"overall": binary_metrics(labels, prob_ai, threshold), "groups": {}}
+    if "size" not in joined and {"width", "height"} <= set(joined.columns):  # what the predictions measured
+        sized = joined["width"].notna() & joined["height"].notna()
+        size = joined["width"].astype("Int64").astype(str) + "x" + joined["height"].astype("Int64").astype(str)
+        joined = joined.assign(size=size.where(sized))
     for column in GROUP_COLUMNS:
         if column in joined and joined[column].notna().any():
             frame = joined

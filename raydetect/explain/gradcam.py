@@ -1,8 +1,9 @@
 """Grad-CAM for the one-logit detectors, with the `pytorch-grad-cam` package (PyPI `grad-cam`).
 
-The model sees a centre crop of the resized image (`raydetect.data.transforms.resize_center_crop`), so the
-map is computed on that crop and then placed back where the crop came from: the overlay has the image's own
-size, and the parts of the image the model never saw carry no heat.
+The model sees the image's views (`raydetect.models.views`: native-resolution tiles over the whole image, or
+the legacy resized centre crop), so a map is computed per view and the maps are stitched back where their
+views came from (`stitch`: averaged where tiles overlap, resized into the box of a resized view): the
+overlay has the image's own size and covers the whole image; parts no view saw carry no heat.
 
 The target is the signed logit: evidence *for* the decision that was taken (`+logit` when the image is called
 AI, `-logit` when it is called real), so the heat always shows what drove the call.
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from raydetect.data.transforms import resize_center_crop, to_normalized_array
+from raydetect.models.views import Box, make_views, normalize, view_boxes
 
 OVERLAY_ALPHA = 0.6
 
@@ -63,19 +64,26 @@ def _is_vit(model: nn.Module) -> bool:
     )
 
 
-def reshape_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """For ViTs: tokens (N, prefix + H*W, C) -> a feature map (N, C, H, W) without the class token, the
-    pytorch-grad-cam recipe for transformers; None for CNNs."""
+def reshape_transform(
+    model: nn.Module, input_hw: tuple[int, int] | None = None
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """For ViTs: tokens (N, prefix + h*w, C) -> a feature map (N, C, h, w) without the class token, the
+    pytorch-grad-cam recipe for transformers (the grid from the input's size, else square); None for CNNs."""
     if not _is_vit(model):
         return None
     prefix = int(getattr(model, "num_prefix_tokens", 1))
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
 
     def to_grid(tokens: torch.Tensor) -> torch.Tensor:
         patches = tokens[:, prefix:, :]
-        side = math.isqrt(patches.shape[1])
-        if side * side != patches.shape[1]:
-            raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
-        return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
+        count = patches.shape[1]
+        if input_hw is not None and patch is not None:
+            rows, cols = input_hw[0] // patch[0], input_hw[1] // patch[1]
+        else:
+            rows = cols = math.isqrt(count)
+        if rows * cols != count:
+            raise ValueError(f"{count} patch tokens do not form a {rows} x {cols} grid")
+        return patches.reshape(patches.shape[0], rows, cols, patches.shape[2]).permute(0, 3, 1, 2)
 
     return to_grid
 
@@ -92,7 +100,11 @@ def gradcam_map(model: nn.Module, batch: np.ndarray | torch.Tensor, sign: float 
     try:
         with (
             torch.enable_grad(),
-            GradCAM(model=model, target_layers=target_layers(model), reshape_transform=reshape_transform(model)) as cam,
+            GradCAM(
+                model=model,
+                target_layers=target_layers(model),
+                reshape_transform=reshape_transform(model, tuple(tensor.shape[-2:])),
+            ) as cam,
         ):
             heat = cam(input_tensor=tensor, targets=[SignedLogitTarget(sign)])
     finally:
@@ -101,32 +113,29 @@ def gradcam_map(model: nn.Module, batch: np.ndarray | torch.Tensor, sign: float 
     return np.nan_to_num(np.asarray(heat[0], dtype=np.float32), nan=0.0).clip(0.0, 1.0)
 
 
-def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
-    """Where `resize_center_crop(image, size)` took its crop, in the original image's pixels
-    (left, top, right, bottom)."""
-    if min(width, height) != size:
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    else:
-        scale, new_w, new_h = 1.0, width, height
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    sx, sy = width / new_w, height / new_h
-    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+def view_cams(detector, views: np.ndarray, sign: float) -> list[np.ndarray]:
+    """Grad-CAM of `sign * logit` for each uint8 view (h x w maps in [0, 1])."""
+    card = detector.card
+    batch = normalize(views, card.mean, card.std)
+    return [gradcam_map(detector.model, batch[i : i + 1], sign) for i in range(batch.shape[0])]
 
 
-def cam_to_image(cam: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """Place a crop-sized map back onto the whole image (W, H): heat inside the crop, zero outside."""
+def stitch(cams: list[np.ndarray], boxes: list[Box], image_size: tuple[int, int]) -> np.ndarray:
+    """The views' maps placed onto the whole image (W, H): each resized into its box when the sizes differ
+    (a resized view), averaged where boxes overlap, zero where no view looked."""
     width, height = image_size
-    left, top, right, bottom = crop_box(width, height, cam.shape[0])
-    x0, y0 = int(round(left)), int(round(top))
-    x1, y1 = max(x0 + 1, int(round(right))), max(y0 + 1, int(round(bottom)))
-    x1, y1 = min(x1, width), min(y1, height)
-    patch = Image.fromarray(np.asarray(cam, dtype=np.float32), mode="F").resize(
-        (x1 - x0, y1 - y0), Image.Resampling.BILINEAR
-    )
-    full = np.zeros((height, width), dtype=np.float32)
-    full[y0:y1, x0:x1] = np.asarray(patch, dtype=np.float32)
-    return full.clip(0.0, 1.0)
+    total = np.zeros((height, width), dtype=np.float32)
+    count = np.zeros((height, width), dtype=np.float32)
+    for cam, (left, top, right, bottom) in zip(cams, boxes, strict=True):
+        right, bottom = min(right, width), min(bottom, height)
+        box_w, box_h = max(1, right - left), max(1, bottom - top)
+        patch = np.asarray(cam, dtype=np.float32)[:box_h, :box_w]
+        if patch.shape != (box_h, box_w):
+            patch = np.asarray(Image.fromarray(np.asarray(cam, dtype=np.float32), mode="F").resize(
+                (box_w, box_h), Image.Resampling.BILINEAR))
+        total[top : top + box_h, left : left + box_w] += patch
+        count[top : top + box_h, left : left + box_w] += 1
+    return np.divide(total, count, out=np.zeros_like(total), where=count > 0).clip(0.0, 1.0)
 
 
 def _jet(values: np.ndarray) -> np.ndarray:
@@ -191,12 +200,12 @@ def signed_target(prob_ai: float, threshold: float) -> float:
 
 
 def explain_image(detector, image: Image.Image) -> Explanation:
-    """Predict and explain one decoded image with a `raydetect.models.bundle.Detector`."""
+    """Predict and explain one decoded image with a `raydetect.models.bundle.Detector`: every view of the
+    image is scored and mapped, the maps stitched over the whole image."""
     card = detector.card
-    crop = resize_center_crop(image, card.image_size)
-    batch = to_normalized_array(crop, tuple(card.mean), tuple(card.std))[None]
-    prob = float(detector.predict(batch)[0])
+    views = make_views(image, detector.policy)
+    prob = float(detector.predict_images([views])[0])
     decision = card.decide(prob)
-    cam = gradcam_map(detector.model, batch, signed_target(prob, card.threshold))
-    heat = cam_to_image(cam, image.size)
+    cams = view_cams(detector, views, signed_target(prob, card.threshold))
+    heat = stitch(cams, view_boxes(image.width, image.height, detector.policy), image.size)
     return Explanation(prob, decision, heat, overlay(image, heat), describe(heat, prob, decision, card.threshold))

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from raydetect import storage
 from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from raydetect.models.backbones import build_backbone
+from raydetect.models.views import ViewPolicy, image_logits, make_views, normalize, sigmoid
 
 FORMAT = "raydetect-model/1"
 CARD_FILE = "model.json"
@@ -38,8 +40,14 @@ class ModelCard:
     review_band: list[float] = field(default_factory=lambda: [0.4, 0.6])
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, object] = field(default_factory=dict)
+    views: dict[str, object] | None = None  # the view policy (models/views.py); None: legacy resize + crop
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     format: str = FORMAT
+
+    @property
+    def view_policy(self) -> ViewPolicy:
+        """How this model's inputs are made: the recorded policy, or `resize` for cards without one."""
+        return ViewPolicy.from_dict(self.views, self.image_size)
 
     def decide(self, prob_ai: float) -> str:
         """real / ai / review: probabilities inside the review band go to a person."""
@@ -81,25 +89,47 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 class Detector:
-    """A loaded model and its card; `predict` turns preprocessed NCHW float arrays into P(AI)."""
+    """A loaded model and its card: the one predictor that batch scoring, Serve and evaluation share.
 
-    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device):
+    `predict_images` takes each image's uint8 views (`models.views.make_views` with `self.policy`) and gives
+    one P(AI) per image; `predict` / `logits` take preprocessed NCHW float arrays (one view each)."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device, policy: ViewPolicy | None = None):
         # channels_last (NHWC) convolutions: 1.1-1.6x faster on CPU here, and what tensor cores want
         self.model, self.card, self.device = model.to(memory_format=torch.channels_last), card, device
+        self.policy = policy or card.view_policy
 
     @classmethod
-    def load(cls, uri: str, device: str = "auto") -> Detector:
+    def load(cls, uri: str, device: str = "auto", view_mode: str | None = None) -> Detector:
+        """`view_mode` (native / resize) overrides the card's view policy mode; None or `card` keeps it."""
         dev = resolve_device(device)
         model, card = load_model(uri, dev)
-        return cls(model, card, dev)
+        return cls(model, card, dev, card.view_policy.with_mode(view_mode))
 
     @torch.inference_mode()
-    def predict(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+    def logits(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """One logit per NCHW float input."""
         tensor = torch.as_tensor(batch, dtype=torch.float32).to(self.device, non_blocking=True)
         tensor = tensor.contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
-                logits = self.model(tensor)
+                out = self.model(tensor)
         else:
-            logits = self.model(tensor)
-        return torch.sigmoid(logits.float().reshape(-1)).cpu().numpy()
+            out = self.model(tensor)
+        return out.float().reshape(-1).cpu().numpy()
+
+    def predict(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """P(AI) per NCHW float input (one view each)."""
+        return sigmoid(self.logits(batch))
+
+    def view_logits(self, views: np.ndarray) -> np.ndarray:
+        """Logits of uint8 NHWC views (normalised here, on the model's device)."""
+        return self.logits(normalize(views, self.card.mean, self.card.std, self.device))
+
+    def predict_image(self, image: Image.Image | np.ndarray) -> float:
+        """P(AI) of one decoded image, through its views."""
+        return float(self.predict_images([make_views(image, self.policy)])[0])
+
+    def predict_images(self, images: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
+        """P(AI) per image from its views (`images[i]`: (N_i, h, w, 3) uint8), aggregated by the policy."""
+        return sigmoid(image_logits(self.view_logits, images, self.policy, max_batch))

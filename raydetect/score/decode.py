@@ -1,11 +1,10 @@
 """The CPU stage of batch scoring: (read) → sha256 → skip what a resumed run already has → safe decode →
-resize + centre crop, as uint8.
+the model's views (`models.views.make_views`, per view policy), as uint8.
 
-The stage ends at the uint8 crop on purpose: it moves a quarter of the bytes a float32 tensor would through
-the object store, and the model actor does the normalisation (`predictor.normalize_batch`), which is the
-same arithmetic as `transforms.preprocess` and gives bit-identical tensors (a unit test holds it to that).
-Every failure (unreadable, empty, oversized, not an image, corrupt, truncated, too many pixels) becomes a row
-with `error` set; nothing raises.
+The stage ends at the uint8 views on purpose: they move a quarter of the bytes float32 tensors would through
+the object store, and the model actor normalises them (`models.views.normalize`). Every failure (unreadable,
+empty, oversized, not an image, corrupt, truncated, too many pixels, too small) becomes a row with `error`
+set; nothing raises.
 """
 
 from __future__ import annotations
@@ -22,19 +21,14 @@ import pyarrow as pa
 from raydetect import storage
 from raydetect.config import StorageSettings
 from raydetect.data.images import DecodeLimits, sha256_hex, try_decode
-from raydetect.data.transforms import resize_center_crop
+from raydetect.models.views import ViewError, ViewPolicy, append_views, make_views
 
 DONE_SHA = "_done_sha"  # sha256 of the row a resumed run already holds for this path ("" when none)
 BYTES = "bytes"
 ERROR = "error"
 SHA256 = "sha256"
-IMAGE_PREFIX = "_image_"
+WIDTH, HEIGHT, VIEWS = "width", "height", "views"
 INTERNAL = (DONE_SHA, BYTES)
-
-
-def image_column(size: int) -> str:
-    """The uint8 HxWx3 crop column for one input size (an ensemble may need several sizes)."""
-    return f"{IMAGE_PREFIX}{size}"
 
 
 @dataclass(frozen=True)
@@ -109,31 +103,35 @@ def read_capped(
     return out
 
 
-def crop_uint8(data: bytes, sizes: Sequence[int], limits: DecodeLimits) -> tuple[list[np.ndarray] | None, str | None]:
-    """Decode safely and return one uint8 HxWx3 crop per size, or (None, "reason: message")."""
+def image_views(
+    data: bytes, policies: Sequence[ViewPolicy], limits: DecodeLimits
+) -> tuple[list[np.ndarray] | None, tuple[int, int] | None, str | None]:
+    """Decode safely; (one uint8 (N, h, w, 3) views array per policy, (width, height), None) or
+    (None, size or None, "reason: message")."""
     image, error = try_decode(data, limits)
     if image is None:
-        return None, error
+        return None, None, error
     try:
-        return [np.asarray(resize_center_crop(image, s), dtype=np.uint8) for s in sizes], None
-    except Exception as exc:  # noqa: BLE001 - a resize failure is still an error row, never a crash
-        return None, f"corrupt: resize failed ({type(exc).__name__}: {exc})"
+        return [make_views(image, p) for p in policies], image.size, None
+    except ViewError as exc:
+        return None, image.size, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a view failure is still an error row, never a crash
+        return None, image.size, f"corrupt: making the model's views failed ({type(exc).__name__}: {exc})"
 
 
 def decode_batch(
     batch: pa.Table,
-    sizes: Sequence[int],
+    policies: Sequence[ViewPolicy | dict],
     limits: DecodeLimits | None = None,
     storage_settings: StorageSettings | None = None,
 ) -> pa.Table:
     """`map_batches(batch_format="pyarrow")` function. Input: `path`, carried columns, optional `bytes` and
     `error` (from the data layer's reader; read here when absent), optional `_done_sha`. Output: carried
-    columns + `sha256`, `error` and one `_image_<size>` tensor column per size; rows whose sha256 equals
-    `_done_sha` are dropped (a resumed run already scored them)."""
-    from ray.data.extensions import ArrowTensorArray
-
+    columns + `sha256`, `error`, `width`, `height`, `views` (how many views the first policy made) and the
+    views of each policy (`models.views.append_views`); rows whose sha256 equals `_done_sha` are dropped
+    (a resumed run already scored them)."""
     limits = limits or DecodeLimits()
-    sizes = list(sizes)
+    policies = [p if isinstance(p, ViewPolicy) else ViewPolicy(**p) for p in policies]
     n = batch.num_rows
     paths = batch.column("path").to_pylist()
     if BYTES in batch.column_names:
@@ -146,8 +144,8 @@ def decode_batch(
     keep = np.ones(n, dtype=bool)
     shas: list[str | None] = []
     errors: list[str | None] = []
-    crops: list[list[np.ndarray]] = [[] for _ in sizes]
-    blank = [np.zeros((s, s, 3), dtype=np.uint8) for s in sizes]
+    sizes: list[tuple[int, int] | None] = []
+    views: list[list[np.ndarray | None]] = [[] for _ in policies]
     for i, blob in enumerate(blobs):
         if isinstance(blob, ReadFailure):
             sha, error = blob.sha256, blob.error
@@ -156,21 +154,25 @@ def decode_batch(
         if sha is not None and done[i] == sha:
             keep[i] = False  # a resumed run already holds this exact input's row
             continue
-        arrays: list[np.ndarray] | None = None
+        arrays, size = None, None
         if error is None:
-            arrays, error = crop_uint8(blob, sizes, limits)
+            arrays, size, error = image_views(blob, policies, limits)
         shas.append(sha)
         errors.append(error)
-        for k in range(len(sizes)):
-            crops[k].append(arrays[k] if arrays is not None else blank[k])
+        sizes.append(size)
+        for k in range(len(policies)):
+            views[k].append(arrays[k] if arrays is not None else None)
 
-    drop = [c for c in (*INTERNAL, ERROR, SHA256) if c in batch.column_names]
+    drop = [c for c in (*INTERNAL, ERROR, SHA256, WIDTH, HEIGHT, VIEWS) if c in batch.column_names]
     out = batch.drop_columns(drop)
     if not keep.all():
         out = out.filter(pa.array(keep))
     out = out.append_column(SHA256, pa.array(shas, type=pa.string()))
     out = out.append_column(ERROR, pa.array(errors, type=pa.string()))
-    for k, size in enumerate(sizes):
-        stacked = np.stack(crops[k]) if crops[k] else np.zeros((0, size, size, 3), dtype=np.uint8)
-        out = out.append_column(image_column(size), ArrowTensorArray.from_numpy(stacked))
+    out = out.append_column(WIDTH, pa.array([s[0] if s else None for s in sizes], type=pa.int32()))
+    out = out.append_column(HEIGHT, pa.array([s[1] if s else None for s in sizes], type=pa.int32()))
+    counts = [len(v) if v is not None else None for v in views[0]] if policies else [None] * len(shas)
+    out = out.append_column(VIEWS, pa.array(counts, type=pa.int32()))
+    for policy, rows in zip(policies, views, strict=True):
+        out = append_views(out, policy, rows)
     return out

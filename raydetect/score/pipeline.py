@@ -4,7 +4,8 @@
 
 Stages: the inputs (`inputs.list_inputs`) are split into blocks by the data layer's `manifest_dataset`;
 `decode.decode_batch` reads each block's files (byte-capped, concurrent on S3), hashes them, drops the ones
-a resumed run already has, decodes them safely and crops them to uint8 in plain CPU tasks; the
+a resumed run already has, decodes them safely and cuts each model's uint8 views (its card's view policy:
+native-resolution tiles, or the legacy resize + crop; `score.views` overrides the mode) in plain CPU tasks; the
 `predictor.Predictor` actors (`ActorPoolStrategy(min_size, max_size)`, fractional `num_cpus` so reads are
 never starved, `num_gpus` when the cluster has GPUs, explicit `batch_size`) normalise, predict and decide;
 `write_parquet` writes one file per block under `OUTPUT/run=<run_id>/`. Then `results.consolidate` leaves
@@ -28,6 +29,7 @@ from raydetect import storage
 from raydetect.config import Settings, load_settings
 from raydetect.data.images import DecodeLimits
 from raydetect.models.bundle import ModelCard, load_card
+from raydetect.models.views import ViewPolicy
 from raydetect.score import results
 from raydetect.score.decision import combine_cards, normalized_weights
 from raydetect.score.decode import DONE_SHA, decode_batch
@@ -46,9 +48,14 @@ class ModelSpec:
     cards: list[ModelCard]
     card: ModelCard
 
-    @property
-    def sizes(self) -> list[int]:
-        return sorted({c.image_size for c in self.cards})
+    def policies(self, view_mode: str | None = None) -> list[ViewPolicy]:
+        """The distinct view policies of the members (the first member's first), `view_mode` applied."""
+        out: list[ViewPolicy] = []
+        for card in self.cards:
+            policy = card.view_policy.with_mode(view_mode)
+            if policy not in out:
+                out.append(policy)
+        return out
 
 
 def resolve_model_uri(ref: str) -> str:
@@ -130,7 +137,7 @@ def build_dataset(
     ds = ds.map_batches(
         decode_batch,
         fn_kwargs={
-            "sizes": spec.sizes,
+            "policies": spec.policies(sc.views),
             "limits": DecodeLimits.from_settings(settings.images),
             "storage_settings": settings.storage,
         },
@@ -148,6 +155,8 @@ def build_dataset(
             "num_threads": sc.torch_threads,
             "pool_size": actors[1],
             "schema": schema,
+            "view_mode": sc.views,
+            "max_batch": batch_size,
         },
         batch_size=batch_size,
         batch_format="pyarrow",
@@ -258,6 +267,7 @@ def score_run(
         "throughput_images_per_s": round(written_now / pipeline_s, 2) if pipeline_s > 0 else None,
         "batch_size": batch,
         "actors": list(actor_range),
+        "views": [p.to_dict() for p in spec.policies(settings.score.views)],
         "ray": {"cluster_cpus": ray.cluster_resources().get("CPU", 0), "cluster_gpus": cluster_gpus()},
         "counts": {
             "inputs": len(inputs),

@@ -2,10 +2,12 @@
 
 Each actor loads its model(s) once, through a `loader` given to its constructor (default
 `Detector.load`; tests pass their own), sets its torch thread count (Ray sets OMP_NUM_THREADS to the actor's
-fractional num_cpus, which would otherwise mean one thread), normalises the uint8 crops of the CPU stage on
-the model's device, averages the weighted P(AI) of an ensemble's members, and decides with the (combined)
-model card. Rows whose decoding failed are not sent to the model: they come out with `error` set and null
-`prob_ai` / `decision`.
+fractional num_cpus, which would otherwise mean one thread), scores each image from the uint8 views the CPU
+stage made with the member's view policy (`Detector.predict_images`: normalised on the model's device,
+packed into forward passes of at most `batch_size` views of one shape, the views' logits aggregated by the
+policy), averages the weighted P(AI) of an ensemble's members, and decides with the (combined) model card.
+Rows whose decoding failed are not sent to the model: they come out with `error` set and null `prob_ai` /
+`decision`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import pyarrow as pa
 import torch
 
 from raydetect.models.bundle import Detector, ModelCard
+from raydetect.models.views import VIEWS_PREFIX, ViewPolicy, read_views
 from raydetect.score.decision import combine_cards, decide_all, normalized_weights
-from raydetect.score.decode import ERROR, IMAGE_PREFIX, image_column
+from raydetect.score.decode import ERROR
 
 # The output contract (DESIGN §3), in this order; columns carried from the manifest follow.
 CONTRACT_SCHEMA = pa.schema(
@@ -35,6 +38,9 @@ CONTRACT_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),
         ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("views", pa.int32()),
     ]
 )
 CONTRACT_COLUMNS = tuple(CONTRACT_SCHEMA.names)
@@ -42,8 +48,9 @@ CONTRACT_COLUMNS = tuple(CONTRACT_SCHEMA.names)
 
 class DetectorLike(Protocol):
     card: ModelCard
+    policy: ViewPolicy
 
-    def predict(self, batch: np.ndarray | torch.Tensor) -> np.ndarray: ...
+    def predict_images(self, images: list[np.ndarray], max_batch: int = 32) -> np.ndarray: ...
 
 
 Loader = Callable[[str], DetectorLike]
@@ -66,32 +73,14 @@ def auto_threads(max_actors: int, cpu_count: int | None = None) -> int:
     return max(1, (cpu_count or os.cpu_count() or 1) // max(1, max_actors))
 
 
-def normalize_batch(
-    images: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """uint8 NHWC crops -> float32 NCHW, `(x / 255 - mean) / std` on `device`: the arithmetic of
-    `transforms.preprocess`, so the tensors are bit-identical to it on CPU."""
-    x = torch.as_tensor(images).to(device, non_blocking=True).to(torch.float32) / 255.0
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device)
-    return ((x - m) / s).permute(0, 3, 1, 2).contiguous()
-
-
-def tensor_column(table: pa.Table, name: str) -> np.ndarray:
-    """A Ray tensor column of a pyarrow batch as one ndarray (zero-copy when it is one chunk)."""
-    chunks = [c.to_numpy() for c in table.column(name).chunks]
-    if len(chunks) == 1:
-        return chunks[0]
-    return np.concatenate(chunks) if chunks else np.zeros((0,), dtype=np.uint8)
-
-
 class Predictor:
     """`map_batches(Predictor, batch_format="pyarrow", compute=ActorPoolStrategy(...), fn_constructor_kwargs=...)`.
 
-    members: model URIs; weights: one per member (None = equal); loader: URI -> detector (has `.card` and
-    `.predict(NCHW float) -> P(AI)`), default `Detector.load(uri, device=device)`; num_threads: torch threads
-    (0 = this node's cores / pool_size, the actor pool's maximum size); schema: the output schema (from
-    `output_schema`), so every block has the same types.
+    members: model URIs; weights: one per member (None = equal); loader: URI -> detector (has `.card`,
+    `.policy` and `.predict_images(views) -> P(AI)`), default `Detector.load(uri, device, view_mode)`;
+    view_mode: None (each card's policy), `native` or `resize`; num_threads: torch threads (0 = this node's
+    cores / pool_size, the actor pool's maximum size); max_batch: views per forward pass; schema: the output
+    schema (from `output_schema`), so every block has the same types.
     """
 
     def __init__(
@@ -103,9 +92,12 @@ class Predictor:
         num_threads: int = 0,
         schema: pa.Schema | None = None,
         pool_size: int = 1,
+        view_mode: str | None = None,
+        max_batch: int = 32,
     ):
         torch.set_num_threads(num_threads if num_threads > 0 else auto_threads(pool_size))
-        loader = loader or partial(Detector.load, device=device)
+        loader = loader or partial(Detector.load, device=device, view_mode=view_mode)
+        self.max_batch = max_batch
         self.detectors = [loader(uri) for uri in members]
         self.weights = normalized_weights(weights, len(self.detectors))
         self.card = combine_cards([d.card for d in self.detectors], self.weights)
@@ -120,14 +112,11 @@ class Predictor:
         if not valid.any():
             return probs
         total = np.zeros(int(valid.sum()), dtype=np.float64)
-        cache: dict[int, np.ndarray] = {}
+        rows = np.flatnonzero(valid)
         for detector, weight in zip(self.detectors, self.weights, strict=True):
-            card = detector.card
-            if card.image_size not in cache:
-                cache[card.image_size] = tensor_column(table, image_column(card.image_size))[valid]
-            device = getattr(detector, "device", "cpu")
-            x = normalize_batch(cache[card.image_size], card.mean, card.std, device)
-            total += weight * np.asarray(detector.predict(x), dtype=np.float64).reshape(-1)
+            views = read_views(table, detector.policy)
+            p = detector.predict_images([views[i] for i in rows], self.max_batch)
+            total += weight * np.asarray(p, dtype=np.float64).reshape(-1)
         probs[valid] = total
         return probs
 
@@ -143,7 +132,7 @@ class Predictor:
             "model_version": pa.array([str(self.card.version)] * n, type=pa.string()),
             "scored_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
         }
-        base = table.drop_columns([c for c in table.column_names if c.startswith(IMAGE_PREFIX)])
+        base = table.drop_columns([c for c in table.column_names if c.startswith(VIEWS_PREFIX)])
         schema = self.schema or output_schema(base.schema)
         arrays = []
         for field in schema:

@@ -7,8 +7,10 @@ HTTP -> Serve proxy -> RayDetectAPI (FastAPI: auth, body limit, safe decode, cro
 
 - The ingress decodes every upload with the shared safe decoder (`raydetect.data.images.decode_image`:
   format sniffing, pixel cap, EXIF) and answers bad input with a 4xx JSON `{"error", "detail",
-  "request_id"}`; it never fetches URLs. It sends the model a `uint8` centre crop at the model's input size,
-  so a batch of 16 crosses the process boundary as 2.4 MB, not as decoded photos.
+  "request_id"}`; it never fetches URLs. It sends the model the image's `uint8` views, cut by the model's
+  view policy (`raydetect.models.views`, the same function batch scoring uses: native-resolution tiles, or
+  the legacy resized crop), so the model gets what it was validated on and a batch crosses the process
+  boundary as views, not as decoded photos.
 - `DetectorModel` loads the model directory (`raydetect.models.bundle`) once per replica from
   `user_config["model_uri"]`; changing `user_config` (a new `model_uri`, or a new `revision` for a moved
   alias) reloads it in place through `reconfigure`, without restarting replicas. `max_batch_size` and
@@ -45,6 +47,7 @@ from starlette.concurrency import run_in_threadpool
 
 from raydetect.config import Settings, load_settings
 from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
+from raydetect.models.views import ViewError, ViewPolicy, make_views
 from raydetect.serve.coalesce import Coalescer
 from raydetect.serve.security import AuditLog, bearer_token, load_api_key, request_id
 
@@ -72,6 +75,7 @@ DECODE_STATUS = {
     "too_large": 413,
     "unsupported_format": 415,
     "too_many_pixels": 413,
+    "too_small": 422,
     "truncated": 422,
     "corrupt": 422,
 }
@@ -90,26 +94,21 @@ def resolve_model_uri(settings: Settings, explicit: str | None = None) -> str:
     return uri if storage.is_s3(uri) else str(Path(uri).expanduser().resolve())
 
 
-def crop_for_model(image, size: int) -> np.ndarray:
-    """The uint8 HWC centre crop the model normalises: the first half of `transforms.preprocess`."""
-    from raydetect.data.transforms import resize_center_crop
+def model_views(image, policy: ViewPolicy | None) -> dict[str, Any] | None:
+    """What the model deployment takes for one image: its views under `policy` and the policy's key (the
+    model answers `stale` when its policy changed meanwhile); None when the policy is not known yet."""
+    if policy is None:
+        return None
+    try:
+        return {"key": policy.key, "views": make_views(image, policy)}
+    except ViewError as exc:
+        raise ImageDecodeError(exc.reason, str(exc).split(": ", 1)[-1]) from None
 
-    return np.ascontiguousarray(np.asarray(resize_center_crop(image, size).convert("RGB"), dtype=np.uint8))
 
-
-def _decode_and_crop(data: bytes, limits: DecodeLimits, size: int | None):
-    """Safe decode, then the model crop when the model's input size is known (one worker-thread hop)."""
+def _decode_and_views(data: bytes, limits: DecodeLimits, policy: ViewPolicy | None):
+    """Safe decode, then the model's views when its policy is known (one worker-thread hop)."""
     image = decode_image(data, limits)
-    return image, (crop_for_model(image, size) if size else None)
-
-
-def normalise_crops(crops: list[np.ndarray], mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """uint8 HWC crops -> NCHW float32, exactly as `transforms.preprocess` does it."""
-    from PIL import Image
-
-    from raydetect.data.transforms import to_normalized_array
-
-    return np.stack([to_normalized_array(Image.fromarray(crop), mean, std) for crop in crops])
+    return image, model_views(image, policy)
 
 
 class ApiError(Exception):
@@ -136,6 +135,7 @@ class Prediction(BaseModel):
     latency_ms: float
     width: int
     height: int
+    views: int = Field(description="how many views of the image the model scored (native tiles, or 1)")
     filename: str | None = None
 
 
@@ -148,6 +148,9 @@ class BatchItem(BaseModel):
     threshold: float | None = None
     model_name: str | None = None
     model_version: str | None = None
+    width: int | None = None
+    height: int | None = None
+    views: int | None = None
     error: str | None = Field(None, description="null, or why this image could not be scored (reason: detail)")
 
 
@@ -162,7 +165,9 @@ class BatchPrediction(BaseModel):
 
 class ExplainResponse(Prediction):
     reason: str = Field(description="one line: the decision and where the Grad-CAM evidence sits")
-    overlay_png_base64: str = Field(description="PNG of the image with the Grad-CAM heat drawn over it")
+    overlay_png_base64: str = Field(
+        description="PNG of the whole image with the Grad-CAM heat of every view stitched over it"
+    )
     overlay_width: int
     overlay_height: int
 
@@ -180,6 +185,7 @@ class ModelInfo(BaseModel):
     backbone: str
     input_filter: str = Field(description="filter inside the model in front of its stem: none | npr")
     image_size: int
+    views: dict[str, Any] = Field(description="the view policy: how an image becomes the model's inputs")
     threshold: float
     review_band: list[float]
     model_uri: str
@@ -240,8 +246,8 @@ class DetectorModel:
         """One prediction and the Grad-CAM imports now, so the first caller does not pay for them."""
         import pytorch_grad_cam  # noqa: F401 - imports cv2/scipy: seconds, once
 
-        size = self.detector.card.image_size
-        self._predict_sync([np.zeros((size, size, 3), dtype=np.uint8)])
+        policy = self.detector.policy
+        self._predict_sync([{"key": policy.key, "views": np.zeros((1, policy.size, policy.size, 3), np.uint8)}])
 
     def check_health(self) -> None:
         if self.detector is None:
@@ -255,6 +261,7 @@ class DetectorModel:
             "backbone": card.backbone,
             "input_filter": card.input_filter,
             "image_size": card.image_size,
+            "views": self.detector.policy.to_dict(),
             "mean": list(card.mean),
             "std": list(card.std),
             "threshold": card.threshold,
@@ -275,28 +282,21 @@ class DetectorModel:
             "largest_batch": self.largest_batch,
         }
 
-    def _predict_sync(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
+    def _predict_sync(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with self._lock:
             detector = self.detector
             card = detector.card
-            size = card.image_size
-            out: list[dict[str, Any]] = [{"stale": True, "image_size": size} for _ in crops]
-            good = [i for i, crop in enumerate(crops) if crop.shape == (size, size, 3)]
+            key = detector.policy.key
+            out: list[dict[str, Any]] = [{"stale": True, "views_key": key} for _ in items]
+            good = [i for i, item in enumerate(items) if item["key"] == key]
             if good:
-                batch = normalise_crops([crops[i] for i in good], tuple(card.mean), tuple(card.std))
-                probs = detector.predict(batch)
+                views = [items[i]["views"] for i in good]
+                probs = detector.predict_images(views, max_batch=max(self.predict._get_max_batch_size(), 1))
                 self.batches += 1
                 self.batched_images += len(good)
                 self.largest_batch = max(self.largest_batch, len(good))
                 for i, prob in zip(good, probs, strict=True):
-                    prob = float(prob)
-                    out[i] = {
-                        "prob_ai": prob,
-                        "decision": card.decide(prob),
-                        "threshold": float(card.threshold),
-                        "model_name": card.name,
-                        "model_version": str(card.version),
-                    }
+                    out[i] = _result(card, float(prob), len(items[i]["views"]))
             return [dict(item, batch_size=len(good)) for item in out]
 
     @serve.batch(
@@ -304,37 +304,31 @@ class DetectorModel:
         batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S,
         max_concurrent_batches=MAX_CONCURRENT_BATCHES,
     )
-    async def predict(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
-        """P(AI) for a uint8 HWC crop at the model's input size (`{"stale": True}` when the size is not the
-        current model's, e.g. right after a reload: the caller re-crops and retries).
+    async def predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """P(AI) for one image's views (`model_views`: `{"key", "views"}`); `{"stale": True}` when the views
+        were cut for another view policy than the current model's, e.g. right after a reload: the caller
+        cuts them again and retries.
 
         Serve's batches wait in the Coalescer while the model is busy; each forward pass then takes all
         that waits, up to `max_batch_size` images (1 turns batching off: one image per forward pass)."""
-        return await self._coalescer.submit(crops)
+        return await self._coalescer.submit(items)
 
-    def _explain_sync(self, crop: np.ndarray) -> dict[str, Any]:
-        from raydetect.explain.gradcam import gradcam_map, signed_target
+    def _explain_sync(self, item: dict[str, Any]) -> dict[str, Any]:
+        from raydetect.explain.gradcam import signed_target, view_cams
 
         with self._lock:
             detector = self.detector
             card = detector.card
-            if crop.shape != (card.image_size, card.image_size, 3):
-                return {"stale": True, "image_size": card.image_size}
-            batch = normalise_crops([crop], tuple(card.mean), tuple(card.std))
-            prob = float(detector.predict(batch)[0])
-            cam = gradcam_map(detector.model, batch, signed_target(prob, card.threshold))
-        return {
-            "prob_ai": prob,
-            "decision": card.decide(prob),
-            "threshold": float(card.threshold),
-            "model_name": card.name,
-            "model_version": str(card.version),
-            "cam": cam.astype(np.float32),
-        }
+            if item["key"] != detector.policy.key:
+                return {"stale": True, "views_key": detector.policy.key}
+            prob = float(detector.predict_images([item["views"]])[0])
+            cams = view_cams(detector, item["views"], signed_target(prob, card.threshold))
+        return {**_result(card, prob, len(item["views"])), "policy": detector.policy.to_dict(),
+                "cams": [cam.astype(np.float32) for cam in cams]}
 
-    async def explain(self, crop: np.ndarray) -> dict[str, Any]:
-        """The prediction plus the Grad-CAM map (crop-sized, in [0, 1]) for one crop."""
-        return await asyncio.to_thread(self._explain_sync, crop)
+    async def explain(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The prediction plus one Grad-CAM map (view-sized, in [0, 1]) per view of one image."""
+        return await asyncio.to_thread(self._explain_sync, item)
 
 
 # --- the HTTP ingress -----------------------------------------------------------------------------------
@@ -426,8 +420,14 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
+def _result(card, prob: float, views: int) -> dict[str, Any]:
+    """What the model deployment answers for one scored image."""
+    return {"prob_ai": prob, "decision": card.decide(prob), "threshold": float(card.threshold),
+            "model_name": card.name, "model_version": str(card.version), "views": views}
+
+
 def _public(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("prob_ai", "decision", "threshold", "model_name", "model_version")
+    keys = ("prob_ai", "decision", "threshold", "model_name", "model_version", "views")
     return {key: result[key] for key in keys}
 
 
@@ -435,13 +435,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _render_overlay(image, cam: np.ndarray, result: dict[str, Any], max_pixels: int):
-    """The overlay PNG at the image's size (scaled down only past `max_pixels`), and the one-line reason."""
+def _render_overlay(image, result: dict[str, Any], max_pixels: int):
+    """The overlay PNG at the image's size (scaled down only past `max_pixels`), and the one-line reason:
+    the views' maps stitched over the whole image."""
     from PIL import Image
 
-    from raydetect.explain.gradcam import cam_to_image, describe, overlay, png_bytes
+    from raydetect.explain.gradcam import describe, overlay, png_bytes, stitch
+    from raydetect.models.views import view_boxes
 
-    heat = cam_to_image(cam, image.size)
+    policy = ViewPolicy(**result["policy"])
+    heat = stitch(result["cams"], view_boxes(image.width, image.height, policy), image.size)
     reason = describe(heat, result["prob_ai"], result["decision"], result["threshold"])
     if image.width * image.height > max_pixels:
         scale = (max_pixels / (image.width * image.height)) ** 0.5
@@ -461,7 +464,7 @@ class RayDetectAPI:
         self.options = options
         self.api_key = load_api_key(options.api_key_file)
         self.audit = AuditLog(options.audit_log)
-        self._image_size: int | None = None
+        self._policy: ViewPolicy | None = None
         self._page = resources.files("raydetect.serve").joinpath("static/index.html").read_text()
         import raydetect.explain.gradcam  # noqa: F401 - import the overlay code before the first request
         auth = f"on ({self.api_key.source})" if self.api_key else "off"
@@ -534,28 +537,31 @@ class RayDetectAPI:
         )
 
     async def _decode(self, data: bytes, rid: str):
-        """The decoded image and, in the same worker-thread hop, its crop at the model's size (when known)."""
+        """The decoded image and, in the same worker-thread hop, the model's views of it (policy known)."""
         try:
-            return await run_in_threadpool(_decode_and_crop, data, self.options.limits, self._image_size)
+            return await run_in_threadpool(_decode_and_views, data, self.options.limits, self._policy)
         except ImageDecodeError as exc:
             raise ApiError(DECODE_STATUS.get(exc.reason, 422), exc.reason, exc.message, rid) from None
 
-    async def _model_image_size(self, refresh: bool = False) -> int:
-        if self._image_size is None or refresh:
-            self._image_size = int((await self.model.info.remote())["image_size"])
-        return self._image_size
+    async def _model_policy(self, refresh: bool = False) -> ViewPolicy:
+        if self._policy is None or refresh:
+            self._policy = ViewPolicy(**(await self.model.info.remote())["views"])
+        return self._policy
 
-    async def _call_model(self, method: str, decoded) -> dict[str, Any]:
-        """Call the model with the crop at its input size; re-crop when the model was swapped meanwhile."""
-        image, crop = decoded
+    async def _call_model(self, method: str, decoded, rid: str = "") -> dict[str, Any]:
+        """Call the model with the image's views; cut them again when the model was swapped meanwhile."""
+        image, item = decoded
         for attempt in range(3):
-            size = await self._model_image_size(refresh=attempt > 0)
-            if crop is None or crop.shape[0] != size:
-                crop = await run_in_threadpool(crop_for_model, image, size)
-            result = await getattr(self.model, method).remote(crop)
+            policy = await self._model_policy(refresh=attempt > 0)
+            if item is None or item["key"] != policy.key:
+                try:
+                    item = await run_in_threadpool(model_views, image, policy)
+                except ImageDecodeError as exc:
+                    raise ApiError(DECODE_STATUS.get(exc.reason, 422), exc.reason, exc.message, rid) from None
+            result = await getattr(self.model, method).remote(item)
             if not result.get("stale"):
                 return result
-        raise RuntimeError("the model's input size kept changing while this request was served")
+        raise RuntimeError("the model's view policy kept changing while this request was served")
 
     def _reject(self, exc: ApiError, request: Request, route: str, sha: str | None = None) -> None:
         self.audit.write(event="rejected", request_id=exc.request_id, **self._client(request), route=route,
@@ -600,7 +606,7 @@ class RayDetectAPI:
         rid = _serve_request_id(request)
         self._authorize(request, rid, "/v1/model")
         info = await self.model.info.remote()
-        self._image_size = int(info["image_size"])
+        self._policy = ViewPolicy(**info["views"])
         auth = {"api_key": self.api_key is not None}
         limits = {"max_body_bytes": self.options.max_body_bytes, "max_batch_images": self.options.max_batch_images,
                   "max_pixels": self.options.limits.max_pixels,
@@ -616,7 +622,7 @@ class RayDetectAPI:
         self._authorize(request, rid, "/v1/predict")
         filename, _, sha, decoded = await self._one_image(request, rid, "/v1/predict")
         image = decoded[0]
-        result = await self._call_model("predict", decoded)
+        result = await self._call_model("predict", decoded, rid)
         ms = _ms(start)
         self._record("predict", request, rid, "/v1/predict", sha, result, ms)
         return {"request_id": rid, "sha256": sha, **_public(result), "scored_at": _now(), "latency_ms": ms,
@@ -642,12 +648,14 @@ class RayDetectAPI:
             sha = sha256_hex(data) if data else None
             try:
                 decoded = await self._decode(data, rid)
+                result = await self._call_model("predict", decoded, rid)
             except ApiError as exc:
                 self._reject(exc, request, route, sha)
                 return {"index": index, "filename": filename, "sha256": sha, "error": f"{exc.reason}: {exc.detail}"}
-            result = await self._call_model("predict", decoded)
             self._record("predict_batch", request, rid, route, sha, result, _ms(start))
-            return {"index": index, "filename": filename, "sha256": sha, **_public(result), "error": None}
+            image = decoded[0]
+            return {"index": index, "filename": filename, "sha256": sha, **_public(result),
+                    "width": image.width, "height": image.height, "error": None}
 
         results = await asyncio.gather(*(one(i, name, data) for i, (name, data) in enumerate(uploads)))
         if all(r["error"] is not None for r in results):  # nothing scored: the request as a whole is bad
@@ -665,10 +673,8 @@ class RayDetectAPI:
         self._authorize(request, rid, "/v1/explain")
         filename, _, sha, decoded = await self._one_image(request, rid, "/v1/explain")
         image = decoded[0]
-        result = await self._call_model("explain", decoded)
-        png, size, reason = await run_in_threadpool(
-            _render_overlay, image, result["cam"], result, self.options.max_overlay_pixels
-        )
+        result = await self._call_model("explain", decoded, rid)
+        png, size, reason = await run_in_threadpool(_render_overlay, image, result, self.options.max_overlay_pixels)
         ms = _ms(start)
         self._record("explain", request, rid, "/v1/explain", sha, result, ms)
         return {"request_id": rid, "sha256": sha, **_public(result), "scored_at": _now(), "latency_ms": ms,

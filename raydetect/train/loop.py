@@ -3,7 +3,10 @@
 AdamW, a per-step cosine schedule (linear warm-up optional), AMP on CUDA (bf16 where supported, else fp16
 with a grad scaler), optional stem freezing for the first epochs, early stopping on validation F1
 (ties broken by validation loss), seeded. Batches are `(images, labels)` tuples or dicts with `image`, `label` and
-optionally `weight` (0 for rows that failed to decode), NCHW float32 images and 0/1 labels.
+optionally `weight` (0 for rows that failed to decode), NCHW float32 images and 0/1 labels. Validation
+batches may carry `views` instead of `image`: each row's uint8 views (`models.views.make_views`), scored as
+batch scoring and Serve score them (normalised with `LoopConfig.mean/std`, logits aggregated by the
+`LoopConfig.views` policy), so the validation metrics are the metrics of the deployed scoring path.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from raydetect.models.backbones import stem_parameters
+from raydetect.models.views import ViewPolicy, image_logits, normalize
 
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, Any]
 BatchSource = Callable[[], Iterable[Batch]]
@@ -40,6 +45,13 @@ class LoopConfig:
     seed: int = 0
     amp: bool = True  # only ever used on CUDA
     grad_clip: float | None = 5.0
+    views: dict[str, Any] | None = None  # the view policy of validation batches that carry `views`
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def view_policy(self) -> ViewPolicy:
+        return ViewPolicy(**self.views) if self.views else ViewPolicy()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LoopConfig:
@@ -176,17 +188,44 @@ def train_one_epoch(
     return (total / count if count else float("nan")), int(count)
 
 
+def _view_batch_logits(
+    model: nn.Module, batch: Mapping[str, Any], device: torch.device, amp: bool, config: LoopConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(aggregated logits, labels) of the decodable rows of a batch that carries `views`."""
+    weights = batch.get("weight")
+    keep = [i for i in range(len(batch["views"])) if weights is None or float(weights[i]) > 0]
+    labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.float32)[keep], device=device)
+
+    def forward(views: np.ndarray) -> np.ndarray:
+        x = normalize(views, config.mean, config.std, device).contiguous(memory_format=torch.channels_last)
+        context, _ = _autocast(device, amp)
+        if context is None:
+            return model(x).reshape(-1).float().cpu().numpy()
+        with context:
+            return model(x).reshape(-1).float().cpu().numpy()
+
+    logits = image_logits(forward, [batch["views"][i] for i in keep], config.view_policy)
+    return torch.as_tensor(logits, dtype=torch.float32, device=device), labels
+
+
 @torch.inference_mode()
 def predict_batches(
-    model: nn.Module, batches: Iterable[Batch], device: torch.device, amp: bool = True
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, amp: bool = True, config: LoopConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(labels, P(AI), mean BCE loss) over `batches`, model in eval mode."""
     model.eval()
+    config = config or LoopConfig()
     labels_out: list[np.ndarray] = []
     probs_out: list[np.ndarray] = []
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     total = 0.0
     for batch in batches:
+        if isinstance(batch, Mapping) and "views" in batch:
+            logits, labels = _view_batch_logits(model, batch, device, amp, config)
+            total += float(loss_fn(logits, labels))
+            labels_out.append(labels.cpu().numpy())
+            probs_out.append(torch.sigmoid(logits).cpu().numpy())
+            continue
         images, labels, weights = _unpack(batch, device)
         if images.shape[0] == 0:
             continue
@@ -294,7 +333,7 @@ def fit(
             scheduler_per_step.step()
         if frozen:
             set_stem_frozen(model, False)
-        labels, probs, val_loss = predict_batches(model, val_batches(), device, config.amp)
+        labels, probs, val_loss = predict_batches(model, val_batches(), device, config.amp, config)
         metrics = classification_metrics(labels, probs, config.threshold)
         improved = stopper.update(metrics["f1"], val_loss)
         record = {

@@ -5,7 +5,8 @@ Datasets given to the trainer:
   `image_dataset` with a different augmentation seed per view; split across the workers
   (`streaming_split(equal=True)`). Epoch e reads view e mod V, so successive epochs see fresh augmentations
   while every run stays seeded.
-- `val`: the validation fold, decoded without augmentation, *not* split: every worker scores the whole
+- `val`: the validation fold, decoded without augmentation into the model's views by the same view policy
+  that scoring and Serve use (recorded in the model card), *not* split: every worker scores the whole
   fold, so every worker computes the same exact metrics and takes the same early-stopping decision.
 Rows that could not be read or decoded stay in their batch with weight 0 (so data-parallel workers keep
 taking the same number of steps) and count for nothing; `raydetect data verify` lists them.
@@ -35,12 +36,14 @@ from raydetect import storage
 from raydetect.config import Settings
 from raydetect.data.transforms import native_crop
 from raydetect.models.backbones import default_normalization
+from raydetect.models.views import ViewPolicy, read_views
 from raydetect.train.loop import LoopConfig
 
 TRAIN_VIEW = "train_view"
 VAL = "val"
 CHECKPOINT_METRIC = "val_f1"
-VAL_CACHE_BYTES = 1 << 30  # validation folds up to 1 GiB of float32 images are decoded once per run
+VAL_CACHE_BYTES = 1 << 30  # validation folds up to about 1 GiB of uint8 views are decoded once per run
+VAL_VIEWS_ESTIMATE = 4  # views per validation image assumed by that estimate
 
 
 @dataclass
@@ -89,6 +92,11 @@ def ensure_ray() -> None:
 
 def image_size(settings: Settings) -> int:
     return settings.train.image_size or settings.images.size
+
+
+def view_policy(settings: Settings) -> ViewPolicy:
+    """The view policy a model trained with `settings` is validated, scored and served with."""
+    return ViewPolicy(size=image_size(settings), **settings.images.views.model_dump())
 
 
 def worker_threads(configured: int, workers_on_node: int, cores: int | None = None) -> int:
@@ -141,12 +149,25 @@ def use_gpu(settings: Settings) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def _decoded(errors: Any) -> np.ndarray:
+    """1.0 for rows that decoded, 0.0 for the others (`error` is None/str per row, or NaN when all decoded)."""
+    return np.array([not (isinstance(e, str) and e) for e in errors], dtype=np.float32)
+
+
+def _validation_batch(table: Any, policy: ViewPolicy) -> dict[str, Any]:
+    """Pyarrow batch of the validation dataset -> the loop's `views` batch (uint8 views per row)."""
+    return {
+        "views": read_views(table, policy),
+        "label": np.asarray(table.column("label").to_numpy(zero_copy_only=False), dtype=np.float32),
+        "weight": _decoded(table.column("error").to_pylist()),
+    }
+
+
 def _training_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Numpy batch from the data layer -> tensors for the loop; rows that failed to decode get weight 0
-    (`error` is None/str per row, or a float NaN column when every row of the block decoded)."""
+    """Numpy batch from the data layer -> tensors for the loop; rows that failed to decode get weight 0."""
     import torch
 
-    ok = np.array([not (isinstance(e, str) and e) for e in batch["error"]], dtype=np.float32)
+    ok = _decoded(batch["error"])
     return {
         "image": torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32)),
         "label": torch.from_numpy(np.asarray(batch["label"], dtype=np.float32)),
@@ -183,7 +204,7 @@ def build_datasets(
             **common,
         )
         datasets[f"{TRAIN_VIEW}{view}"] = ds
-    datasets[VAL] = image_dataset(val_df, augment=False, **common)
+    datasets[VAL] = image_dataset(val_df, augment=False, policy=view_policy(settings), **common)
     return datasets
 
 
@@ -229,10 +250,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     # A small validation fold is decoded once and kept in memory; a large one streams every epoch.
     val_cache: list[dict[str, torch.Tensor]] | None = [] if cfg.get("cache_val") else None
 
+    policy = loop.view_policy
+
     def val_batches():
         if val_cache:
             return val_cache
-        batches = (_training_batch(b) for b in val.iter_batches(batch_size=batch_size, batch_format="numpy"))
+        tables = val.iter_batches(batch_size=batch_size, batch_format="pyarrow")
+        batches = (_validation_batch(t, policy) for t in tables)
         if val_cache is None:
             return batches
         return _caching(batches, val_cache)
@@ -295,7 +319,11 @@ def _caching(batches, cache: list) -> Any:
 
 def loop_config(settings: Settings, **overrides: Any) -> LoopConfig:
     train = settings.train
+    mean, std = default_normalization(train.backbone)
     values = {
+        "views": view_policy(settings).to_dict(),
+        "mean": tuple(mean),
+        "std": tuple(std),
         "epochs": train.epochs,
         "lr": train.lr,
         "weight_decay": train.weight_decay,
@@ -367,7 +395,7 @@ def fit_fold(
         "fold": fold,
         "prior_f1s": list(prior_f1s),
         "last_fold": last_fold,
-        "cache_val": len(val_df) * 3 * image_size(settings) ** 2 * 4 <= VAL_CACHE_BYTES,
+        "cache_val": len(val_df) * 3 * image_size(settings) ** 2 * VAL_VIEWS_ESTIMATE <= VAL_CACHE_BYTES,
         "card": {
             "backbone": train.backbone,
             "input_filter": train.input_filter,
@@ -377,6 +405,7 @@ def fit_fold(
             "mean": list(mean),
             "std": list(std),
             "params": params,
+            "views": view_policy(settings).to_dict(),
         },
     }
     datasets = build_datasets(train_df, val_df, settings, settings.seed + 7919 * (fold or 0), views)

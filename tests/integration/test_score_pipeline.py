@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 from raydetect import storage
 from raydetect.config import load_settings
 from raydetect.data.images import decode_image
-from raydetect.data.transforms import preprocess
 from raydetect.models.backbones import build_backbone
 from raydetect.models.bundle import Detector, ModelCard, save_model
 from raydetect.score import results
@@ -92,8 +91,8 @@ def test_scores_a_labelled_set_from_s3_into_s3(s3_bucket: str, ray_cluster: None
     detector = Detector.load(model, device="cpu")
     ordered = rows.sort_values("path")
     blobs = fs.cat([storage.strip_scheme(p) for p in ordered["path"]])
-    batch = np.stack([preprocess(decode_image(blobs[storage.strip_scheme(p)]), 48) for p in ordered["path"]])
-    assert np.array_equal(ordered["prob_ai"].to_numpy(), detector.predict(batch).astype(np.float64))
+    direct = [detector.predict_image(decode_image(blobs[storage.strip_scheme(p)])) for p in ordered["path"]]
+    np.testing.assert_allclose(ordered["prob_ai"].to_numpy(), direct, rtol=0, atol=1e-6)
 
 
 def test_cli_scores_a_folder_with_bad_files_with_an_ensemble(ray_cluster: None, tmp_path: Path):
@@ -145,11 +144,11 @@ from raydetect.score.pipeline import score_run
 class Slow:
     def __init__(self, uri):
         self.inner = Detector.load(uri, device="cpu")
-        self.card, self.device = self.inner.card, self.inner.device
+        self.card, self.device, self.policy = self.inner.card, self.inner.device, self.inner.policy
 
-    def predict(self, batch):
+    def predict_images(self, images, max_batch=32):
         time.sleep(0.4)
-        return self.inner.predict(batch)
+        return self.inner.predict_images(images, max_batch)
 
 
 init_ray()
@@ -215,12 +214,13 @@ class CrashOnce:
     def __init__(self, uri: str, marker: str):
         self.inner = Detector.load(uri, device="cpu")
         self.card, self.device, self.marker = self.inner.card, self.inner.device, Path(marker)
+        self.policy = self.inner.policy
 
-    def predict(self, batch):
+    def predict_images(self, images, max_batch=32):
         if not self.marker.exists():
             self.marker.write_text("crashed")
             os._exit(1)
-        return self.inner.predict(batch)
+        return self.inner.predict_images(images, max_batch)
 
 
 def test_a_crashed_actor_is_restarted_and_its_batch_retried(ray_cluster: None, tmp_path: Path):

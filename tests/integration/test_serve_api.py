@@ -1,6 +1,7 @@
 """The serving API over real HTTP, on a real Serve app on the shared Ray cluster.
 
-One app (tiny CNN with the NPR input filter, auth off, 1 MB body limit) serves every test in this file.
+One app (tiny CNN with the NPR input filter and native-resolution tile views, auth off, 1 MB body limit)
+serves every test in this file.
 Reloading through `user_config` is tested with the config file in test_serve_config.py.
 """
 
@@ -37,7 +38,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 @pytest.fixture(scope="module")
 def server(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("serve_api")
-    model1 = make_model(tmp / "model1", "tinycnn", image_size=64, version="1", seed=1, input_filter="npr")
+    model1 = make_model(tmp / "model1", "tinycnn", image_size=64, version="1", seed=1, input_filter="npr",
+                        views="native")
     settings = settings_for_tests(tmp)
     with serve_instance() as url:
         deploy(settings, model1)
@@ -75,6 +77,53 @@ def test_predict_equals_direct_model_calls(server):
         assert multipart.json()["filename"] == name
     rotated = client.post("/v1/predict", content=_images()["rotated.jpg"]).json()
     assert (rotated["width"], rotated["height"]) == (60, 100)  # EXIF orientation applied before scoring
+    assert rotated["views"] == 2  # 60 x 100 under 64 px tiles: the 60 px side whole, two tiles down
+    small = client.post("/v1/predict", content=_images()["small.png"]).json()
+    assert (small["width"], small["height"], small["views"]) == (20, 30, 1)  # scored whole, never upscaled
+
+
+def test_score_serve_and_evaluate_give_the_same_prob_for_the_same_file(server, tmp_path):
+    """One preprocessing path: the same bytes through `raydetect score`, `/v1/predict` and `evaluate`."""
+    import pandas as pd
+    import yaml
+    from typer.testing import CliRunner
+
+    from raydetect.cli import app
+    from raydetect.score import results
+
+    client, model = server["client"], server["model1"]
+    root = tmp_path / "data"
+    (root / "train_data").mkdir(parents=True)
+    sizes = [(64, 64), (150, 100), (200, 130), (40, 90)]  # 1 view, 3 x 2 tiles, 4 x 3 tiles, 1 x 2 (40 px whole)
+    rows = []
+    for i, size in enumerate(sizes):
+        name = f"train_data/{i}.png"
+        (root / name).write_bytes(encode(photo(10 + i, size), "PNG"))
+        rows.append({"file_name": name, "label": i % 2})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work"), "device": "cpu",
+                                      "score": {"min_actors": 1, "max_actors": 1}}))
+    runner = CliRunner()
+    scored = runner.invoke(app, ["score", str(root), "--model", model, "--output", str(tmp_path / "out"),
+                                 "--run-id", "same", "--split", "train", "--config", str(config)])
+    assert scored.exit_code == 0, scored.output
+    evaluated = runner.invoke(app, ["evaluate", "--data", str(root), "--model", model, "--split", "train",
+                                    "--output", str(tmp_path / "report.html"), "--config", str(config)])
+    assert evaluated.exit_code == 0, evaluated.output
+    by_score = results.read_rows(str(tmp_path / "out" / "run=same"))[0].set_index("file_name")
+    by_evaluate = results.read_rows(str(tmp_path / "work" / "predictions" / "run=evaluate-1"))[0]
+    by_evaluate = by_evaluate.set_index("file_name")
+    for row in rows:
+        data = (root / row["file_name"]).read_bytes()
+        served = client.post("/v1/predict", content=data).json()
+        batch = by_score.loc[row["file_name"]]
+        assert served["prob_ai"] == pytest.approx(batch["prob_ai"], abs=1e-6)
+        assert by_evaluate.loc[row["file_name"], "prob_ai"] == pytest.approx(batch["prob_ai"], abs=1e-6)
+        assert (served["width"], served["height"], served["views"]) == (batch["width"], batch["height"],
+                                                                      batch["views"])
+    assert by_score["views"].tolist() == [1, 6, 12, 2]
+    assert (tmp_path / "report.html").exists()
 
 
 def test_batch_endpoint(server):
@@ -140,6 +189,7 @@ def test_model_info_health_docs_and_page(server):
     client = server["client"]
     info = client.get("/v1/model").json()
     assert info["version"] == "1" and info["backbone"] == "tinycnn" and info["image_size"] == 64
+    assert info["views"]["mode"] == "native" and info["views"]["size"] == 64
     assert info["input_filter"] == "npr"
     assert info["max_batch_size"] == 16 and info["auth"] == {"api_key": False}
     assert info["limits"]["max_body_bytes"] == 1_000_000

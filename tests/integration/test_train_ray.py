@@ -10,7 +10,6 @@ import pytest
 
 from raydetect.config import Settings, load_settings
 from raydetect.data.images import decode_image
-from raydetect.data.transforms import preprocess
 from raydetect.models.bundle import Detector
 from raydetect.models.filters import NPRFilter
 from raydetect.train.cv import format_cv_table, train_detector
@@ -41,13 +40,11 @@ def tiny_settings(tmp_path: Path, **train: object) -> Settings:
     )
 
 
-def _val_arrays(outcome, fold: int, card) -> tuple[np.ndarray, np.ndarray]:
+def _val_probs(outcome, fold: int, detector) -> tuple[np.ndarray, np.ndarray]:
+    """P(AI) of the validation fold as scoring and Serve compute it (the model card's view policy)."""
     val = outcome.folds[outcome.folds["fold"] == fold]
-    images = [
-        preprocess(decode_image(Path(p).read_bytes()), card.image_size, tuple(card.mean), tuple(card.std))
-        for p in val["path"]
-    ]
-    return np.stack(images), val["label"].astype(int).to_numpy()
+    probs = [detector.predict_image(decode_image(Path(p).read_bytes())) for p in val["path"]]
+    return np.array(probs), val["label"].astype(int).to_numpy()
 
 
 @pytest.mark.s3
@@ -69,15 +66,15 @@ def test_fold_learns_checkpoints_to_s3_and_logs_to_mlflow(ray_cluster, s3_bucket
     # metrics the worker reported for it: same predictions after the round trip.
     assert run.checkpoint_uri.startswith(f"{s3_bucket}/runs/"), run.checkpoint_uri
     detector = Detector.load(run.checkpoint_uri, device="cpu")
-    x, y = _val_arrays(outcome, 0, detector.card)
-    probs = detector.predict(x)
+    assert detector.policy.mode == "native" and detector.card.views is not None  # validated as it is scored
+    probs, y = _val_probs(outcome, 0, detector)
     eps = 1e-7
     loss = float(np.mean(-(y * np.log(probs + eps) + (1 - y) * np.log(1 - probs + eps))))
     assert loss == pytest.approx(detector.card.metrics["val_loss"], rel=1e-3, abs=1e-4)
     assert float(np.mean((probs >= 0.5) == y)) == pytest.approx(detector.card.metrics["val_accuracy"])
     # The exported model (--output on S3) is the same network with the CV summary in its card.
     exported = Detector.load(outcome.model_uri, device="cpu")
-    np.testing.assert_array_equal(exported.predict(x), probs)
+    np.testing.assert_array_equal(_val_probs(outcome, 0, exported)[0], probs)
     assert exported.card.metrics["cv_f1_mean"] == pytest.approx(run.f1)
     assert exported.card.backbone == "tinycnn" and exported.card.image_size == 32
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from raydetect.data.transforms import preprocess
 from raydetect.models import efficientnet
 from raydetect.models.backbones import available_backbones, build_backbone, default_normalization, stem_parameters
+from raydetect.models.views import ViewPolicy, preprocess
 
 # ImageNet-1k class ids (timm.data.ImageNetInfo names them): every cat and every cup-like class.
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -18,7 +18,7 @@ CUPS = {504, 967, 968}  # coffee mug, espresso, cup
 
 def _top5(model: torch.nn.Module, photo: np.ndarray, size: int) -> set[int]:
     mean, std = default_normalization("efficientnet_lite0")
-    x = torch.from_numpy(preprocess(Image.fromarray(photo), size, mean, std))[None]
+    x = torch.from_numpy(preprocess(Image.fromarray(photo), ViewPolicy(mode="resize", size=size), mean, std))
     with torch.no_grad():
         return set(model(x)[0].topk(5).indices.tolist())
 
@@ -36,7 +36,8 @@ def test_efficientnet_lite_imagenet_weights_recognise_packaged_photos(variant: s
     # The single best guess is right too (a wrong mapping gives noise, not a near miss).
     with torch.no_grad():
         mean, std = default_normalization(variant)
-        x = torch.from_numpy(preprocess(Image.fromarray(data.chelsea()), size, mean, std))[None]
+        policy = ViewPolicy(mode="resize", size=size)
+        x = torch.from_numpy(preprocess(Image.fromarray(data.chelsea()), policy, mean, std))
         assert int(model(x).argmax()) in CATS
 
 

@@ -51,6 +51,12 @@ def test_processing_is_grouped_by_kind_not_parameters():
     assert table.set_index("processing")["n"].to_dict() == {"none": 2, "jpeg": 4, "blur+jpeg": 2}
 
 
+def test_images_are_grouped_by_their_measured_size():
+    frame = _scored(8).assign(width=[224, 512] * 4, height=[224, 384] * 4)
+    table = evaluate_frame(frame, 0.5)["groups"]["size"]
+    assert table.set_index("size")["n"].to_dict() == {"224x224": 4, "512x384": 4}
+
+
 def test_join_drops_error_rows_and_unlabelled():
     predictions = pd.DataFrame(
         {"path": ["a", "b", "c"], "prob_ai": [0.2, np.nan, 0.9], "error": [None, "corrupt: x", None]}

@@ -9,26 +9,26 @@ import pytest
 import torch
 from PIL import Image
 
-from raydetect.data.transforms import resize_center_crop
 from raydetect.explain.gradcam import (
-    cam_to_image,
-    crop_box,
     describe,
     explain_image,
     gradcam_map,
     overlay,
     png_bytes,
     signed_target,
+    stitch,
     target_layers,
 )
 from raydetect.models.backbones import build_backbone
 from raydetect.models.bundle import Detector, ModelCard
+from raydetect.models.views import ViewPolicy, resize_center_crop, view_boxes
 
 
-def _detector(backbone: str, size: int, seed: int = 0) -> Detector:
+def _detector(backbone: str, size: int, seed: int = 0, views: ViewPolicy | None = None) -> Detector:
     torch.manual_seed(seed)
     model = build_backbone(backbone, "none").eval()
-    return Detector(model, ModelCard(backbone=backbone, image_size=size), torch.device("cpu"))
+    card = ModelCard(backbone=backbone, image_size=size, views=views.to_dict() if views else None)
+    return Detector(model, card, torch.device("cpu"))
 
 
 def _image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -62,25 +62,34 @@ def test_gradcam_map_shape_range_and_no_side_effects(backbone: str, size: int):
     assert not np.allclose(heat, flipped)  # evidence for "real" differs from evidence for "AI"
 
 
-def test_crop_box_matches_resize_center_crop():
+def test_resize_box_matches_resize_center_crop():
     for width, height, size in [(130, 90, 64), (90, 130, 64), (64, 64, 64), (300, 100, 32), (50, 40, 64)]:
-        left, top, right, bottom = crop_box(width, height, size)
+        ((left, top, right, bottom),) = view_boxes(width, height, ViewPolicy(mode="resize", size=size))
         # the crop of the original taken at that box, resized to size, is what the model sees
         image = _image(width, height, seed=width)
         model_view = np.asarray(resize_center_crop(image, size), dtype=np.float32)
         ours = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, right, bottom)),
                           dtype=np.float32)
-        assert 0 <= left < right <= width + 1e-6 and 0 <= top < bottom <= height + 1e-6
+        assert 0 <= left < right <= width and 0 <= top < bottom <= height
         assert np.abs(model_view - ours).mean() < 12, (width, height, size)
 
 
-def test_cam_is_placed_back_where_the_crop_came_from():
+def test_a_resized_view_map_is_placed_back_where_the_crop_came_from():
     cam = np.zeros((32, 32), dtype=np.float32)
     cam[:, :16] = 1.0  # heat on the left half of the crop
-    heat = cam_to_image(cam, (200, 100))  # wide image: the crop is the centre 100 x 100
+    boxes = view_boxes(200, 100, ViewPolicy(mode="resize", size=32))  # wide image: the centre 100 x 100
+    heat = stitch([cam], boxes, (200, 100))
     assert heat.shape == (100, 200)
     assert heat[:, :45].max() == 0 and heat[:, 155:].max() == 0  # outside the crop: never seen, no heat
     assert heat[:, 55:95].mean() > 0.9 and heat[:, 105:150].mean() < 0.1
+
+
+def test_tile_maps_are_stitched_at_native_resolution_and_averaged_where_they_overlap():
+    boxes = view_boxes(100, 64, ViewPolicy(size=64))  # two tiles: x 0-64 and x 32-96 (aligned), overlap 32-64
+    assert boxes == [(0, 0, 64, 64), (32, 0, 96, 64)]
+    heat = stitch([np.ones((64, 64), np.float32), np.zeros((64, 64), np.float32)], boxes, (100, 64))
+    assert heat[:, :32].min() == 1.0 and np.allclose(heat[:, 40:60], 0.5) and heat[:, 70:96].max() == 0
+    assert heat[:, 96:].max() == 0  # the edge no tile reached
 
 
 def test_overlay_has_the_image_size_and_keeps_cold_pixels():
@@ -113,8 +122,15 @@ def test_explain_image_end_to_end(backbone: str):
     explanation = explain_image(detector, image)
     assert explanation.overlay.size == image.size and explanation.heat.shape == (80, 120)
     assert explanation.decision == detector.card.decide(explanation.prob_ai)
-    from raydetect.data.transforms import preprocess
-
-    direct = detector.predict(preprocess(image, 64)[None])[0]
-    assert explanation.prob_ai == pytest.approx(float(direct), abs=1e-6)
+    assert explanation.prob_ai == pytest.approx(detector.predict_image(image), abs=1e-6)
     assert explanation.reason.startswith("P(AI) = ")
+
+
+def test_explain_covers_the_whole_image_with_native_tiles():
+    detector = _detector("resnet18", 64, seed=3, views=ViewPolicy(size=64))
+    image = _image(192, 128, seed=5)  # 3 x 2 tiles of 64 px
+    explanation = explain_image(detector, image)
+    assert explanation.heat.shape == (128, 192)
+    assert explanation.prob_ai == pytest.approx(detector.predict_image(image), abs=1e-6)
+    tiles_with_heat = sum(explanation.heat[y : y + 64, x : x + 64].max() > 0 for y in (0, 64) for x in (0, 64, 128))
+    assert tiles_with_heat >= 4  # heat from tiles all over the image, not one centre crop

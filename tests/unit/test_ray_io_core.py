@@ -104,3 +104,20 @@ def test_crop_size_applies_to_augmented_rows_only(tmp_path: Path):
     assert all(img.shape == (3, 16, 16) for img in cropped["image"])  # error rows too: one array shape
     plain = DecodePreprocess(size=32, crop_size=16)(batch)  # no augmentation (validation): the whole image
     assert plain["image"].iloc[0].shape == (3, 32, 32)
+
+
+def test_validation_rows_get_the_views_scoring_makes(tmp_path: Path):
+    from raydetect.data.images import decode_image
+    from raydetect.models.views import ViewPolicy, make_views, read_views
+
+    batch = _batch(tmp_path)
+    table = pa.Table.from_pandas(batch, preserve_index=False)
+    policy = ViewPolicy(size=16)
+    out = DecodePreprocess(size=16, policy=policy)(table)
+    assert "image" not in out.column_names
+    views = read_views(out, policy)
+    expected = make_views(decode_image(Path(batch["path"].iloc[0]).read_bytes()), policy)
+    assert len(expected) > 1 and np.array_equal(views[0], expected)  # tiles, not one resized crop
+    assert all(v.size == 0 for v in views[1:]) and out.column("error").to_pylist()[1].startswith("corrupt")
+    augmented = DecodePreprocess(size=16, policy=policy, augment_seed=1, crop_size=8)(table)
+    assert "image" in augmented.column_names  # training rows: augmented crops, whatever the policy

@@ -15,15 +15,15 @@ from PIL import Image
 from raydetect.config import load_settings
 from raydetect.data.images import DecodeLimits, decode_image, sha256_hex
 from raydetect.data.manifest import ManifestError
-from raydetect.data.transforms import preprocess
 from raydetect.models.backbones import build_backbone
 from raydetect.models.bundle import Detector, ModelCard, save_model
+from raydetect.models.views import ViewPolicy, make_views, read_views, view_boxes
 from raydetect.score import results
 from raydetect.score.decision import combine_cards, decide_all, normalized_weights
-from raydetect.score.decode import DONE_SHA, decode_batch, image_column
+from raydetect.score.decode import DONE_SHA, decode_batch
 from raydetect.score.inputs import list_inputs
 from raydetect.score.pipeline import parse_actors, parse_models
-from raydetect.score.predictor import CONTRACT_COLUMNS, Predictor, normalize_batch, output_schema, tensor_column
+from raydetect.score.predictor import CONTRACT_COLUMNS, Predictor, output_schema
 from tests.datasets import encode, make_kaggle_dataset, smooth_photo, write_bad_files
 
 
@@ -55,15 +55,20 @@ def _table(paths: list[Path], **extra: list) -> pa.Table:
     return pa.table({"path": [str(p) for p in paths], **extra})
 
 
-def test_normalize_batch_is_bit_identical_to_preprocess(tmp_path: Path):
-    for path in _images(tmp_path, n=3):
-        image = decode_image(path.read_bytes())
-        expected = preprocess(image, 48)
-        out = decode_batch(_table([path]), [48])
-        crops = tensor_column(out, image_column(48))
-        got = normalize_batch(crops, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).numpy()[0]
-        assert got.dtype == np.float32 and got.shape == expected.shape
-        assert np.array_equal(got, expected)
+def _resize(size: int) -> ViewPolicy:
+    return ViewPolicy(mode="resize", size=size)
+
+
+def test_the_decode_stage_cuts_the_views_of_the_one_view_function(tmp_path: Path):
+    paths = _images(tmp_path, n=3)
+    native, legacy = ViewPolicy(size=32), _resize(48)
+    out = decode_batch(_table(paths), [native, legacy])
+    for policy in (native, legacy):
+        for path, got in zip(paths, read_views(out, policy), strict=True):
+            assert np.array_equal(got, make_views(decode_image(path.read_bytes()), policy))
+    sides = [70 + 8 * i for i in range(3)]
+    assert out.column("width").to_pylist() == sides and out.column("height").to_pylist() == sides
+    assert out.column("views").to_pylist() == [len(view_boxes(s, s, native)) for s in sides]
 
 
 def test_decode_batch_turns_every_bad_input_into_an_error_row(tmp_path: Path):
@@ -75,11 +80,15 @@ def test_decode_batch_turns_every_bad_input_into_an_error_row(tmp_path: Path):
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(limits.max_bytes + (1 << 21)))  # over the byte limit
     paths = [*good, *bad.values(), big, bomb, tmp_path / "missing.jpg"]
-    out = decode_batch(_table(paths), [32], limits)
+    tiny = tmp_path / "tiny.png"
+    tiny.write_bytes(encode(np.zeros((8, 8, 3), np.uint8), "PNG"))
+    paths.append(tiny)
+    out = decode_batch(_table(paths), [ViewPolicy(size=32)], limits)
     errors, shas = out.column("error").to_pylist(), out.column("sha256").to_pylist()
     reasons = [e.split(":", 1)[0] if e else None for e in errors]
     assert reasons == [None, None, "corrupt", "truncated", "empty", "unsupported_format", "too_large",
-                       "too_many_pixels", "missing"]  # fmt: skip
+                       "too_many_pixels", "missing", "too_small"]  # fmt: skip
+    assert out.column("views").to_pylist()[-1] is None and out.column("width").to_pylist()[-1] == 8
     assert shas[0] == sha256_hex(good[0].read_bytes())
     assert shas[6] == sha256_hex(big.read_bytes())  # streamed past the cap, still hashed
     assert shas[8] is None
@@ -89,9 +98,9 @@ def test_decode_batch_turns_every_bad_input_into_an_error_row(tmp_path: Path):
 def test_decode_batch_drops_rows_a_resumed_run_already_has(tmp_path: Path):
     paths = _images(tmp_path, n=3)
     done = [sha256_hex(paths[0].read_bytes()), "stale-sha", ""]
-    out = decode_batch(_table(paths, **{DONE_SHA: done}), [32])
+    out = decode_batch(_table(paths, **{DONE_SHA: done}), [_resize(32)])
     assert out.column("path").to_pylist() == [str(paths[1]), str(paths[2])]
-    assert tensor_column(out, image_column(32)).shape == (2, 32, 32, 3)
+    assert [v.shape for v in read_views(out, _resize(32))] == [(1, 32, 32, 3)] * 2
 
 
 def test_decode_batch_accepts_the_data_layers_byte_reader_output(tmp_path: Path):
@@ -99,7 +108,7 @@ def test_decode_batch_accepts_the_data_layers_byte_reader_output(tmp_path: Path)
 
     paths = [*_images(tmp_path, n=2), tmp_path / "nope.png"]
     table = read_bytes_batch(_table(paths, label=pa.array([0, 1, None], type=pa.int64())))
-    out = decode_batch(table, [32])
+    out = decode_batch(table, [_resize(32)])
     assert out.column("error").to_pylist()[:2] == [None, None]
     assert out.column("error").to_pylist()[2].startswith("missing")
     assert out.column("label").to_pylist() == [0, 1, None]
@@ -108,7 +117,7 @@ def test_decode_batch_accepts_the_data_layers_byte_reader_output(tmp_path: Path)
 def test_predictions_equal_the_model_called_directly(tmp_path: Path):
     model_uri = _save_tiny(tmp_path / "model", seed=1)
     paths = [*_images(tmp_path / "img", n=5), *write_bad_files(tmp_path / "bad").values()]
-    batch = decode_batch(_table(paths, label=pa.array([1] * len(paths))), [48])
+    batch = decode_batch(_table(paths, label=pa.array([1] * len(paths))), [_resize(48)])
     predictor = Predictor([model_uri], num_threads=1)
     out = predictor(batch)
     assert out.schema.names[: len(CONTRACT_COLUMNS)] == list(CONTRACT_COLUMNS)
@@ -116,8 +125,9 @@ def test_predictions_equal_the_model_called_directly(tmp_path: Path):
     rows = out.to_pandas()
     detector = Detector.load(model_uri, device="cpu")
     good = rows[rows["error"].isna()]
-    direct = detector.predict(np.stack([preprocess(decode_image(Path(p).read_bytes()), 48) for p in good["path"]]))
-    assert np.array_equal(good["prob_ai"].to_numpy(), direct.astype(np.float64))
+    direct = np.array([detector.predict_image(decode_image(Path(p).read_bytes())) for p in good["path"]])
+    np.testing.assert_allclose(good["prob_ai"].to_numpy(), direct, rtol=0, atol=1e-6)
+    assert (good["views"] == 1).all() and good["width"].tolist() == [70 + 8 * i for i in range(5)]
     assert good["decision"].tolist() == [detector.card.decide(float(p)) for p in direct]
     bad = rows[rows["error"].notna()]
     assert len(bad) == 4 and bad["prob_ai"].isna().all() and bad["decision"].isna().all()
@@ -125,11 +135,22 @@ def test_predictions_equal_the_model_called_directly(tmp_path: Path):
     assert rows["label"].tolist() == [1] * len(paths)  # carried columns come through
 
 
+def test_native_tiles_of_images_of_several_sizes_score_like_the_model_called_directly(tmp_path: Path):
+    policy = ViewPolicy(size=32, max_tiles=4)
+    model_uri = _save_tiny(tmp_path / "model", seed=2, size=32, views=policy.to_dict())
+    paths = _images(tmp_path / "img", n=4)  # 70, 78, 86, 94 px: 4 tiles each (3 x 3 grids thinned to 2 x 2)
+    out = Predictor([model_uri], num_threads=1, max_batch=5)(decode_batch(_table(paths), [policy])).to_pandas()
+    detector = Detector.load(model_uri, device="cpu")
+    direct = [detector.predict_image(decode_image(p.read_bytes())) for p in paths]
+    np.testing.assert_allclose(out["prob_ai"].to_numpy(), direct, rtol=0, atol=1e-6)
+    assert out["views"].tolist() == [4] * 4 and out["error"].isna().all()
+
+
 def test_ensemble_averages_weighted_probabilities(tmp_path: Path):
     a = _save_tiny(tmp_path / "a", seed=1, name="a", size=48, threshold=0.4, review_band=[0.3, 0.5])
     b = _save_tiny(tmp_path / "b", seed=2, name="b", size=32, threshold=0.6, review_band=[0.5, 0.7])
     paths = _images(tmp_path / "img", n=4)
-    batch = decode_batch(_table(paths), [32, 48])
+    batch = decode_batch(_table(paths), [_resize(32), _resize(48)])
     pa_, pb = (Predictor([m]).probabilities(batch) for m in (a, b))
     ensemble = Predictor([a, b], weights=[3, 1])
     np.testing.assert_allclose(ensemble.probabilities(batch), 0.75 * pa_ + 0.25 * pb, rtol=0, atol=1e-12)
@@ -156,7 +177,9 @@ def test_parse_models_and_actors(tmp_path: Path):
     a = _save_tiny(tmp_path / "a", seed=1, name="a")
     b = _save_tiny(tmp_path / "b", seed=2, name="b", size=32)
     spec = parse_models(f"{a},{b}", "2,1")
-    assert spec.uris == [a, b] and spec.weights == pytest.approx([2 / 3, 1 / 3]) and spec.sizes == [32, 48]
+    assert spec.uris == [a, b] and spec.weights == pytest.approx([2 / 3, 1 / 3])
+    assert spec.policies() == [_resize(48), _resize(32)]
+    assert spec.policies("native") == [ViewPolicy(size=48), ViewPolicy(size=32)]
     with pytest.raises(ValueError, match="model.json"):
         parse_models(str(tmp_path / "nowhere"))
     settings = load_settings()
@@ -226,7 +249,7 @@ def test_decode_limits_come_from_settings(tmp_path: Path):
     settings = load_settings(overrides=["images.max_bytes=10"])
     limits = DecodeLimits.from_settings(settings.images)
     path = _images(tmp_path, n=1)[0]
-    out = decode_batch(_table([path]), [16], limits)
+    out = decode_batch(_table([path]), [_resize(16)], limits)
     assert out.column("error").to_pylist()[0].startswith("too_large")
 
 

@@ -1,4 +1,4 @@
-"""Preprocessing and seeded training augmentations."""
+"""Seeded training augmentations (and the resize view they fall back on)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raydetect.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TrainAugment,
-    jpeg_roundtrip,
-    preprocess,
-    resize_center_crop,
-    to_tensor_batch,
-)
+from raydetect.data.transforms import TrainAugment, jpeg_roundtrip, random_native_crop
+from raydetect.models.views import resize_center_crop
 from tests.datasets import smooth_photo
 
 PHOTO = Image.fromarray(smooth_photo(np.random.default_rng(0), 96))
@@ -31,16 +24,6 @@ def test_center_crop_keeps_the_centre():
     image.paste((255, 255, 255), (100, 0, 200, 100))  # white middle third
     out = np.asarray(resize_center_crop(image, 100))
     assert out.mean() > 250
-
-
-def test_preprocess_shape_dtype_and_normalisation():
-    grey = Image.new("RGB", (64, 48), (128, 128, 128))
-    out = preprocess(grey, size=32)
-    assert out.shape == (3, 32, 32) and out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
-    expected = (128 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-    np.testing.assert_allclose(out.mean(axis=(1, 2)), expected, atol=1e-5)
-    raw = preprocess(grey, 16, mean=(0, 0, 0), std=(1, 1, 1))
-    np.testing.assert_allclose(raw, 128 / 255, atol=1e-6)
 
 
 def test_train_augment_is_seeded():
@@ -60,18 +43,15 @@ def test_zero_strength_only_resizes_and_flips():
         assert np.array_equal(out, base) or np.array_equal(out, base[:, ::-1])
 
 
-def test_jpeg_roundtrip_and_tensor_batch():
+def test_jpeg_roundtrip():
     out = jpeg_roundtrip(PHOTO, 30)
     assert out.mode == "RGB" and out.size == PHOTO.size
     assert not np.array_equal(np.asarray(out), np.asarray(PHOTO))
-    arrays = [preprocess(PHOTO, 16) for _ in range(3)]
-    assert tuple(to_tensor_batch(arrays).shape) == (3, 3, 16, 16)
-    assert tuple(to_tensor_batch(np.stack(arrays)).shape) == (3, 3, 16, 16)
 
 
-def test_native_crop_cuts_pixels_without_resampling():
-    base = np.asarray(resize_center_crop(PHOTO, 64))  # the evaluation geometry
-    windows = {(y, x): base[y : y + 24, x : x + 24] for y in range(41) for x in range(41)}
+def test_native_crop_cuts_pixels_without_resampling_from_anywhere_in_the_image():
+    base = np.asarray(PHOTO)  # 96 px: larger than the model size (64) -- nothing is resized first
+    windows = {(y, x): base[y : y + 24, x : x + 24] for y in range(73) for x in range(73)}
     seen = set()
     for seed in range(8):
         augment = TrainAugment(64, 0.0, seed=seed, crop=24)
@@ -82,6 +62,7 @@ def test_native_crop_cuts_pixels_without_resampling():
         assert match, "a crop must be an exact window of the image (no resampling)"
         seen.add(match[0])
     assert len(seen) > 1  # the window moves with the seed
+    assert any(y > 40 or x > 40 for y, x in seen)  # windows come from outside the central 64 px too
     assert TrainAugment(64, 1.0, seed=0, crop=64).output_size == 64  # crop >= size: the whole image
 
 
@@ -89,3 +70,13 @@ def test_native_crop_keeps_strength_augmentations():
     outs = [np.asarray(TrainAugment(64, 1.0, seed=s, crop=32)(PHOTO)) for s in range(6)]
     assert all(o.shape == (32, 32, 3) for o in outs)
     np.testing.assert_array_equal(outs[0], np.asarray(TrainAugment(64, 1.0, seed=0, crop=32)(PHOTO)))
+
+
+def test_random_native_crop_pads_small_images_and_never_upscales():
+    import random
+
+    small = Image.fromarray(np.asarray(PHOTO)[:20, :30])
+    out = np.asarray(random_native_crop(small, 24, random.Random(0)))
+    assert out.shape == (24, 24, 3)
+    source = np.asarray(small)
+    assert any(np.array_equal(out[:20, :24], source[:, x : x + 24]) for x in range(7))  # pixels kept 1:1
