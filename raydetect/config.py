@@ -62,6 +62,8 @@ class BenchmarkSettings(_Section):
 
 
 class TrainSettings(_Section):
+    recipe: Literal["finetune", "probe"] = "finetune"  # probe: logistic regression on frozen features
+    probe_c: float = Field(0.5, gt=0)  # the probe's inverse L2 strength (scikit-learn's C)
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
     input_filter: InputFilter = "npr"  # in front of the stem (models/filters.py)

@@ -121,10 +121,16 @@ def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
+def head_module(model: nn.Module) -> nn.Module | None:
+    """The classification head: `fc` (torchvision ResNets, TinyCNN), `classifier` (timm EfficientNets) or
+    `head` (timm ViTs)."""
+    return getattr(model, "fc", None) or getattr(model, "classifier", None) or getattr(model, "head", None)
+
+
 def stem_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Everything but the classification head, for freezing the backbone in the first epochs (or all of
     them: a linear probe)."""
-    head = getattr(model, "fc", None) or getattr(model, "classifier", None) or getattr(model, "head", None)
+    head = head_module(model)
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     return [p for p in model.parameters() if id(p) not in head_ids]
 

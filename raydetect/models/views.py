@@ -197,23 +197,35 @@ def sigmoid(x: np.ndarray | float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def view_logits(
-    forward: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], max_batch: int = 32
+def map_views(
+    fn: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], max_batch: int = 32
 ) -> list[np.ndarray]:
-    """The logits of every view of every image (`images[i]` is an (N_i, h_i, w_i, 3) array), computed in
-    forward passes of at most `max_batch` views that share one shape. `forward` takes uint8 NHWC views."""
+    """`fn` over every view of every image (`images[i]` is an (N_i, h_i, w_i, 3) array), called on batches
+    of at most `max_batch` views that share one shape; returns, per image, `fn`'s rows for its views
+    (`fn` maps a (B, h, w, 3) batch to a (B, ...) array: logits, features)."""
     by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     for i, views in enumerate(images):
         for j in range(len(views)):
             by_shape.setdefault(tuple(views.shape[1:]), []).append((i, j))
-    out = [np.zeros(len(v), dtype=np.float64) for v in images]
+    rows: dict[tuple[int, int], np.ndarray] = {}
+    step = max(1, max_batch)
     for members in by_shape.values():
-        for start in range(0, len(members), max(1, max_batch)):
-            chunk = members[start : start + max(1, max_batch)]
-            batch = np.stack([images[i][j] for i, j in chunk])
-            for (i, j), logit in zip(chunk, np.asarray(forward(batch)).reshape(-1), strict=True):
-                out[i][j] = float(logit)
-    return out
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
+            result = np.asarray(fn(np.stack([images[i][j] for i, j in chunk])))
+            rows.update(zip(chunk, result, strict=True))
+    return [np.stack([rows[(i, j)] for j in range(len(v))]) if len(v) else np.zeros(0) for i, v in enumerate(images)]
+
+
+def view_logits(
+    forward: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], max_batch: int = 32
+) -> list[np.ndarray]:
+    """The logits of every view of every image (`map_views` with `forward`: uint8 NHWC views -> logits)."""
+
+    def flat(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(forward(batch), dtype=np.float64).reshape(-1)
+
+    return [np.asarray(v, dtype=np.float64).reshape(-1) for v in map_views(flat, images, max_batch)]
 
 
 def image_logits(

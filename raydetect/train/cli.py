@@ -47,10 +47,14 @@ def train(
         int | None, typer.Option(help="Train on random native-resolution crops of this side (faster; no resampling).")
     ] = None,
     storage_path: Annotated[str | None, typer.Option(help="Ray Train checkpoints (local or s3://).")] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="finetune (Ray Train) | probe (logistic regression on frozen features).")
+    ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Fine-tune a detector with Ray Train on one fold or with k-fold CV; log to MLflow; export the model."""
+    """Fine-tune a detector with Ray Train (or fit a linear probe on frozen features) on one fold or with
+    k-fold CV; log to MLflow; export the model."""
     from raydetect.train.cv import format_cv_table, train_detector
 
     settings = _settings(
@@ -69,6 +73,7 @@ def train(
             "train.image_size": image_size,
             "train.crop_size": crop_size,
             "train.storage_path": storage_path,
+            "train.recipe": recipe,
         },
     )
     outcome = train_detector(root, settings, output=output)

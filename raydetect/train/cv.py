@@ -160,6 +160,15 @@ def train_detector(
     }
 
     def body(run_id: str | None) -> TrainOutcome:
+        if settings.train.recipe == "probe":
+            from raydetect.train.probe import train_probe
+
+            outcome = train_probe(df, settings, k, folds, name, output)
+            outcome.mlflow_run_id = run_id
+            if tracker is not None:
+                tracker.log_metrics({"cv_f1_mean": outcome.f1_mean, "cv_f1_std": outcome.f1_std})
+                tracker.log_model_dir(outcome.model_uri)
+            return outcome
         runs, assigned = cross_validate(df, settings, k, folds=folds, name=name, tracker=tracker)
         table = cv_table(runs)
         f1s = [r.f1 for r in runs]
