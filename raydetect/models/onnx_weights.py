@@ -11,7 +11,9 @@ output column) are dequantised: `(W_q - zero_point) * scale`.
 `rename` then maps those names onto a timm model with a list of regular expressions (q/k/v projections are
 stacked into timm's fused `qkv`), and `check_complete` insists that every tensor of the model got a weight.
 The package file is found through the installed distribution's metadata (`importlib.metadata`), so the
-package itself is never imported (some pull in a web stack or OpenCV).
+package itself is never imported (some pull in a web stack or OpenCV). `load_pretrained` is the one loading
+order for such backbones: timm's own weights when the Hugging Face cache holds them, else the package's,
+else timm's download; `weights_source` names the one it takes, for the model card.
 """
 
 from __future__ import annotations
