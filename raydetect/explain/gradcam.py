@@ -72,13 +72,15 @@ def reshape_transform(
     if not _is_vit(model):
         return None
     prefix = int(getattr(model, "num_prefix_tokens", 1))
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    embed = getattr(model, "patch_embed", None)
+    patch = getattr(embed, "patch_size", None)
+    whole = math.ceil if getattr(embed, "dynamic_img_pad", False) else math.floor  # padded to whole patches?
 
     def to_grid(tokens: torch.Tensor) -> torch.Tensor:
         patches = tokens[:, prefix:, :]
         count = patches.shape[1]
         if input_hw is not None and patch is not None:
-            rows, cols = input_hw[0] // patch[0], input_hw[1] // patch[1]
+            rows, cols = whole(input_hw[0] / patch[0]), whole(input_hw[1] / patch[1])
         else:
             rows = cols = math.isqrt(count)
         if rows * cols != count:

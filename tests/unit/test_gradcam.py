@@ -134,3 +134,11 @@ def test_explain_covers_the_whole_image_with_native_tiles():
     assert explanation.prob_ai == pytest.approx(detector.predict_image(image), abs=1e-6)
     tiles_with_heat = sum(explanation.heat[y : y + 64, x : x + 64].max() > 0 for y in (0, 64) for x in (0, 64, 128))
     assert tiles_with_heat >= 4  # heat from tiles all over the image, not one centre crop
+
+
+def test_gradcam_on_a_vit_reads_non_square_padded_patch_grids():
+    torch.manual_seed(0)
+    model = build_backbone("dinov2_vits14", "none").eval()  # 14 px patches, padded to whole patches
+    batch = np.random.default_rng(2).normal(size=(1, 3, 42, 75)).astype(np.float32)  # 3 x 6 patches (75 padded)
+    heat = gradcam_map(model, batch, sign=1.0)
+    assert heat.shape == (42, 75) and heat.max() > 0
