@@ -90,8 +90,9 @@ def reshape_transform(
     return to_grid
 
 
-def gradcam_map(model: nn.Module, batch: np.ndarray | torch.Tensor, sign: float = 1.0) -> np.ndarray:
-    """Grad-CAM heat (H x W, in [0, 1], at the input's size) of `sign * logit` for one NCHW input."""
+def gradcam_maps(model: nn.Module, batch: np.ndarray | torch.Tensor, sign: float = 1.0) -> np.ndarray:
+    """Grad-CAM heat (N x H x W, each in [0, 1], at the input's size) of `sign * logit` for each NCHW input,
+    in one forward and backward pass."""
     from pytorch_grad_cam import GradCAM
 
     device = next(model.parameters()).device
@@ -108,18 +109,27 @@ def gradcam_map(model: nn.Module, batch: np.ndarray | torch.Tensor, sign: float 
                 reshape_transform=reshape_transform(model, tuple(tensor.shape[-2:])),
             ) as cam,
         ):
-            heat = cam(input_tensor=tensor, targets=[SignedLogitTarget(sign)])
+            heat = cam(input_tensor=tensor, targets=[SignedLogitTarget(sign)] * tensor.shape[0])
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return np.nan_to_num(np.asarray(heat[0], dtype=np.float32), nan=0.0).clip(0.0, 1.0)
+    return np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0).clip(0.0, 1.0)
+
+
+def gradcam_map(model: nn.Module, batch: np.ndarray | torch.Tensor, sign: float = 1.0) -> np.ndarray:
+    """Grad-CAM heat (H x W, in [0, 1], at the input's size) of `sign * logit` for one NCHW input."""
+    return gradcam_maps(model, batch, sign)[0]
 
 
 def view_cams(detector, views: np.ndarray, sign: float) -> list[np.ndarray]:
-    """Grad-CAM of `sign * logit` for each uint8 view (h x w maps in [0, 1])."""
+    """Grad-CAM of `sign * logit` for each uint8 view (h x w maps in [0, 1]). Grad-CAM scales every map to
+    its own maximum, so each map is weighted by its view's share of the evidence: the view's signed logit
+    (ReLU) over the strongest view's. Tiles that carry the decision stay hot, the others fade."""
     card = detector.card
-    batch = normalize(views, card.mean, card.std)
-    return [gradcam_map(detector.model, batch[i : i + 1], sign) for i in range(batch.shape[0])]
+    maps = gradcam_maps(detector.model, normalize(views, card.mean, card.std), sign)
+    evidence = np.clip(sign * np.asarray(detector.view_logits(views), dtype=np.float64), 0.0, None)
+    weights = evidence / evidence.max() if evidence.max() > 0 else np.ones(len(maps))
+    return [(m * w).astype(np.float32) for m, w in zip(maps, weights, strict=True)]
 
 
 def stitch(cams: list[np.ndarray], boxes: list[Box], image_size: tuple[int, int]) -> np.ndarray:

@@ -36,7 +36,7 @@ def _photo(path: Path) -> Path:
 def test_page_scores_an_upload_and_shows_the_heatmap(ray_cluster, tmp_path: Path, artifacts_dir: Path):
     from playwright.sync_api import sync_playwright
 
-    model = make_model(tmp_path / "model", "resnet18", image_size=128, seed=5, name="resnet18-demo")
+    model = make_model(tmp_path / "model", "resnet18", image_size=128, seed=5, name="resnet18-demo", views="native")
     image_path = _photo(tmp_path / "chelsea.jpg")
     with serve_instance() as url:
         deploy(settings_for_tests(tmp_path), model)
@@ -62,6 +62,7 @@ def test_page_scores_an_upload_and_shows_the_heatmap(ray_cluster, tmp_path: Path
                     " document.getElementById('overlay').naturalHeight]"
                 )
                 reason = page.inner_text("#reason")
+                info = page.inner_text("#imginfo")
                 overlay_src = page.get_attribute("#overlay", "src")
                 page.screenshot(path=str(artifacts_dir / "serve_page.png"), full_page=True)
             finally:
@@ -75,4 +76,8 @@ def test_page_scores_an_upload_and_shows_the_heatmap(ray_cluster, tmp_path: Path
                              dtype=np.int16)
         original = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.int16)
         assert np.abs(overlay - original).mean() > 2
+        # 451 x 300 under 128 px native tiles: 4 x 3 tiles, and their heat covers the whole photo, edges included
+        assert "451 × 300 px, 12 views" in info, info
+        changed = np.abs(overlay - original).mean(axis=(0, 2))
+        assert changed[:60].mean() > 1 and changed[-60:].mean() > 1, (changed[:60].mean(), changed[-60:].mean())
         assert httpx.get(url + "/healthz").status_code == 200
