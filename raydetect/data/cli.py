@@ -145,7 +145,7 @@ def build_benchmark_command(
         str | None, typer.Option(help="Comma-separated image sides drawn per pair, e.g. 224,384,512 (default: config).")
     ] = None,
     test_sizes: Annotated[
-        str | None, typer.Option(help="The test split's sides (default: benchmark.test_sizes, else --sizes).")
+        str | None, typer.Option(help="The test split's sides (default: --sizes if given, else benchmark.test_sizes).")
     ] = None,
     hardneg_share: Annotated[
         float | None, typer.Option(help="Share of real images resized/blurred to their AI pair's sharpness.")
@@ -178,7 +178,8 @@ def build_benchmark_command(
         **{
             "benchmark.n_pairs": n_pairs,
             "benchmark.sizes": _int_list(sizes),
-            "benchmark.test_sizes": _int_list(test_sizes),
+            # --sizes alone sets every split's sides; --test-sizes the test split's
+            "benchmark.test_sizes": _int_list(test_sizes) or ("null" if sizes else None),
             "benchmark.hardneg_share": hardneg_share,
             "benchmark.encoding": encoding,
             "benchmark.diffusion_model": diffusion_model,

@@ -559,6 +559,7 @@ def build_benchmark(
             name: {
                 "generate": round(float(part["generate_s"].mean()), 3),
                 "pair": round(float(part["pair_s"].mean()), 3),
+                "pair_by_size": {str(k): round(float(v), 3) for k, v in part.groupby("size")["pair_s"].mean().items()},
             }
             for name, part in rows[rows["label"] == 1].groupby("generator")
         },
