@@ -35,7 +35,7 @@ class BenchmarkSettings(_Section):
     n_pairs: int = Field(1200, gt=0)
     generators: list[str] = ["esrgan", "esrgan-anime", "waifu2x", "ddpm"]
     sizes: list[int] = [224]  # image sides, drawn per pair (real and AI of a pair alike)
-    test_sizes: list[int] | None = [224, 384, 512]  # the test split's sides; null -> sizes
+    test_sizes: list[int] | None = [224, 320, 448]  # the test split's sides; null -> sizes
     min_downscale: float = Field(2.0, ge=1)  # every real image is downsampled from its photo at least this much
     hardneg_share: float = Field(0.6, ge=0, le=1)  # real images resized/blurred to their AI pair's sharpness
     hardneg_blur_share: float = Field(0.3, ge=0, le=1)  # of the hard negatives, blurred (the rest resized)
