@@ -53,15 +53,15 @@ def draw_hardneg(rng: np.random.Generator, share: float, blur_share: float) -> s
     return "blur" if rng.random() < blur_share else "resize"
 
 
+RESIZE_CAP = 0.5  # a resized hard negative may always go down to half size: photos >= min_downscale * size / 2
+
+
 def min_short_side(size: int, min_downscale: float, hardneg: str) -> float:
     """The shorter photo side a pair of `size` needs so that its real image is downsampled from the photo
     by at least `min_downscale` (codec traces of the photo shrink below the pixel grid; the AI image,
     regenerated from a downscaled crop, has none). A resized hard negative is downsampled again by its own
-    step (at most `RESIZE_CAP`), so a photo half that size serves it."""
+    step, which may always go down to `RESIZE_CAP`, so a photo of half that side serves it."""
     return min_downscale * size * (RESIZE_CAP if hardneg == "resize" else 1.0)
-
-
-RESIZE_CAP = 0.5  # a resized hard negative may always go down to half size: photos >= min_downscale * size / 2
 
 
 def _box_and_cap(
