@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 WORKDIR ?= .raydetect
 DEMO_PAIRS ?= 1200
 PYTEST_ARGS ?=
-APT_PACKAGES := chromium mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers
+APT_PACKAGES := chromium mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers \
+  gcompris-qt-data palapeli-data jigzo-data libjxl-testdata
 
 .PHONY: demo test lint install install-dev foundation-weights system-deps clean help
 
@@ -42,7 +43,8 @@ foundation-weights: $(VENV)/.installed-weights
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Debian packages: Chromium for the browser test, photo wallpapers for the offline benchmark.
+# Debian packages: Chromium for the browser test, photo wallpapers and photo-carrying data packages for the
+# offline benchmark.
 # Installed when we are root with apt; everything works (with fewer photos / a skipped browser) without.
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

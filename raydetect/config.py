@@ -45,7 +45,11 @@ class ImageSettings(_Section):
 class BenchmarkSettings(_Section):
     n_pairs: int = Field(1200, gt=0)
     generators: list[str] = ["esrgan", "esrgan-anime", "waifu2x", "ddpm"]
-    size: int = 224
+    sizes: list[int] = [224]  # image sides, drawn per pair (real and AI of a pair alike)
+    test_sizes: list[int] | None = [224, 320, 448]  # the test split's sides; null -> sizes
+    min_downscale: float = Field(2.0, ge=1)  # every real image is downsampled from its photo at least this much
+    hardneg_share: float = Field(0.6, ge=0, le=1)  # real images resized/blurred to their AI pair's sharpness
+    hardneg_blur_share: float = Field(0.3, ge=0, le=1)  # of the hard negatives, blurred (the rest resized)
     processing_share: float = Field(0.3, ge=0, le=1)
     test_share: float = Field(0.2, ge=0, lt=1)
     encoding: Literal["png", "jpeg"] = "png"  # the same for both classes (no format shortcut)

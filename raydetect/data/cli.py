@@ -33,7 +33,12 @@ def verify_command(
         str | None, typer.Option("--groups-out", help="Write near-duplicate groups as CSV file_name,group.")
     ] = None,
     near_dup_distance: Annotated[int, typer.Option(help="dHash bits two near-duplicates may differ by.")] = 4,
-    auc_threshold: Annotated[float, typer.Option(help="One-feature AUC above which a shortcut blocks.")] = 0.9,
+    auc_threshold: Annotated[float, typer.Option(help="One-feature AUC above which a container fact blocks.")] = 0.9,
+    content_auc_limit: Annotated[
+        float | None,
+        typer.Option(help="One-feature AUC above which a content feature (file size, sharpness) blocks; "
+                          "default: reported only."),
+    ] = None,
     allow_bad_files: Annotated[bool, typer.Option(help="Unreadable files warn instead of blocking.")] = False,
     include_test: Annotated[bool, typer.Option(help="Also read test.csv (train/test duplicates).")] = True,
     config: ConfigOption = None,
@@ -48,6 +53,7 @@ def verify_command(
     options = VerifyOptions(
         near_dup_distance=near_dup_distance,
         auc_threshold=auc_threshold,
+        content_auc_limit=content_auc_limit,
         allow_bad_files=allow_bad_files,
         include_test=include_test,
         seed=settings.seed,
@@ -117,6 +123,16 @@ def folds_command(
 # --- the offline benchmark (issue 4) -------------------------------------------------------------------
 
 
+def _int_list(text: str | None) -> list[int] | None:
+    """`224,384` -> [224, 384]; None stays None (the config's value)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from exc
+
+
 @app.command("build-benchmark")
 def build_benchmark_command(
     out: Annotated[str, typer.Argument(help="Output root: a local folder or s3://bucket/prefix.")],
@@ -125,7 +141,15 @@ def build_benchmark_command(
         str | None, typer.Option(help="Comma-separated: esrgan,esrgan-anime,waifu2x,ddpm (default: config).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the config's seed).")] = None,
-    size: Annotated[int | None, typer.Option(help="Image side in pixels (default: benchmark.size).")] = None,
+    sizes: Annotated[
+        str | None, typer.Option(help="Comma-separated image sides drawn per pair, e.g. 224,384,512 (default: config).")
+    ] = None,
+    test_sizes: Annotated[
+        str | None, typer.Option(help="The test split's sides (default: --sizes if given, else benchmark.test_sizes).")
+    ] = None,
+    hardneg_share: Annotated[
+        float | None, typer.Option(help="Share of real images resized/blurred to their AI pair's sharpness.")
+    ] = None,
     encoding: Annotated[str | None, typer.Option(help="png | jpeg, the same for both classes.")] = None,
     diffusion_model: Annotated[
         str | None, typer.Option(help="A diffusers model id or folder for `ddpm` (default: fit our own, cached).")
@@ -143,7 +167,8 @@ def build_benchmark_command(
     overrides: SetOption = None,
 ) -> None:
     """Build the offline benchmark (Kaggle layout): real photo crops and their AI counterparts from several
-    generators, label-independent processing, one size and encoding. Skipped when OUT already holds it."""
+    generators, hard negatives, label-independent processing, one encoding, sizes drawn per pair (the same
+    for a real image and its AI counterpart). Skipped when OUT already holds it."""
     from raydetect.data.benchmark import BenchmarkError, build_from_settings
     from raydetect.data.benchmark.degrade import check_encoding
 
@@ -152,7 +177,10 @@ def build_benchmark_command(
         overrides,
         **{
             "benchmark.n_pairs": n_pairs,
-            "benchmark.size": size,
+            "benchmark.sizes": _int_list(sizes),
+            # --sizes alone sets every split's sides; --test-sizes the test split's
+            "benchmark.test_sizes": _int_list(test_sizes) or ("null" if sizes else None),
+            "benchmark.hardneg_share": hardneg_share,
             "benchmark.encoding": encoding,
             "benchmark.diffusion_model": diffusion_model,
             "seed": seed,

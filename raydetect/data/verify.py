@@ -12,8 +12,11 @@ with plain pandas (`analyse`, testable without Ray):
 - class balance and per-class distributions of format, JPEG quality, width x height, mode, file size;
 - the shortcut audit: for each trivial feature, the AUC of a one-feature classifier (rank AUC for numbers;
   out-of-fold target encoding for categories, so a feature unique to each image scores ~0.5, not 1).
-  Container facts above `auc_threshold` (default 0.9) are blocking; file size follows content
-  (generated images compress differently), so it is reported, not blocking (DESIGN.md §2).
+  Container facts above `auc_threshold` (default 0.9) are blocking. Content features are reported: file
+  size (generated images compress differently) and sharpness / high-frequency energy of the decoded pixels
+  (`raydetect.data.content`; scored both as a rank and in 16 quantile bins, so a band of values that
+  stands for one class counts too). They describe the images themselves, which a detector may partly
+  rely on for good reason, so they block only when `content_auc_limit` is set and exceeded (DESIGN.md §2).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from PIL import Image
 
 from raydetect import storage
 from raydetect.config import Settings
+from raydetect.data.content import CONTENT_FEATURES, content_features
 from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex, sniff_format
 from raydetect.data.manifest import TEST_CSV, TRAIN_CSV, read_csv, read_manifest
 
@@ -47,7 +51,8 @@ STD_LUMINANCE = np.array(
 SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
 HASH_SIZE = 8  # dHash: 9x8 grey thumbnail -> 64 bits
 
-# Features of the shortcut audit: (column, kind, blocking). Container facts block; file size is reported.
+# Features of the shortcut audit: (column, kind, blocking). Container facts block; content is reported
+# (and blocks only above `VerifyOptions.content_auc_limit`, when set).
 AUDIT_FEATURES: tuple[tuple[str, str, bool], ...] = (
     ("format", "category", True),
     ("width_x_height", "category", True),
@@ -60,6 +65,7 @@ AUDIT_FEATURES: tuple[tuple[str, str, bool], ...] = (
     ("jpeg_subsampling", "category", True),
     ("metadata", "category", True),
     ("file_size", "number", False),
+    *((name, "content", False) for name in CONTENT_FEATURES),
 )
 FACT_SCHEMA = pa.schema(
     [
@@ -74,6 +80,7 @@ FACT_SCHEMA = pa.schema(
         ("jpeg_subsampling", pa.string()),
         ("metadata", pa.string()),
         ("dhash", pa.string()),
+        *((name, pa.float64()) for name in CONTENT_FEATURES),
         ("error", pa.string()),
     ]
 )
@@ -86,6 +93,7 @@ class VerifyOptions:
 
     near_dup_distance: int = 4  # dHash bits that may differ for two images to count as near-duplicates
     auc_threshold: float = 0.9  # a blocking feature whose one-feature AUC is above this fails the audit
+    content_auc_limit: float | None = None  # content features (file size, sharpness) block above this; None: reported
     allow_bad_files: bool = False  # unreadable files become a warning instead of blocking
     include_test: bool = True  # with train.csv, also read test.csv (train/test duplicates = leakage)
     max_listed: int = 200  # per list in the JSON report (clusters, problems); counts are always complete
@@ -167,6 +175,7 @@ def inspect_bytes(data: bytes, limits: DecodeLimits | None = None) -> dict[str, 
     try:
         image = decode_image(data, limits)
         facts["dhash"] = f"{dhash(image):016x}"
+        facts.update(content_features(image))
     except ImageDecodeError as exc:
         facts["error"] = str(exc)
     return facts
@@ -300,19 +309,45 @@ def numeric_auc(values: pd.Series, labels: np.ndarray) -> float:
     return max(auc, 1.0 - auc)
 
 
-def shortcut_audit(facts: pd.DataFrame, threshold: float = 0.9, seed: int = 0) -> dict[str, Any]:
-    """One-feature AUCs of `AUDIT_FEATURES` over the readable, labelled rows."""
+def binned_auc(values: pd.Series, labels: np.ndarray, seed: int = 0, bins: int = 16) -> float:
+    """`categorical_auc` of a number cut into `bins` quantile bins: catches a band of values that stands
+    for one class (say, only middling sharpness is AI), which a rank AUC misses."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.nunique() < 2:
+        return 0.5
+    return categorical_auc(pd.qcut(numbers, bins, labels=False, duplicates="drop").astype("Int64"), labels, seed)
+
+
+def content_auc(values: pd.Series, labels: np.ndarray, seed: int = 0) -> tuple[float, str]:
+    """The one-feature AUC of a content feature and how it was found (rank or bins), whichever is higher."""
+    rank, binned = numeric_auc(values, labels), binned_auc(values, labels, seed)
+    return (rank, "rank") if rank >= binned else (binned, "bins")
+
+
+def shortcut_audit(
+    facts: pd.DataFrame, threshold: float = 0.9, seed: int = 0, content_limit: float | None = None
+) -> dict[str, Any]:
+    """One-feature AUCs of `AUDIT_FEATURES` over the readable, labelled rows (features missing from
+    `facts` are left out). Container facts block above `threshold`, content features above
+    `content_limit` when it is set."""
     rows = facts[facts["error"].isna() & facts["label"].notna()].copy()
     labels = rows["label"].astype(int).to_numpy()
     counts = np.bincount(labels, minlength=2) if len(labels) else np.zeros(2, int)
-    result: dict[str, Any] = {"threshold": threshold, "n": int(len(rows)), "features": [], "skipped": None}
+    result: dict[str, Any] = {
+        "threshold": threshold, "content_limit": content_limit, "n": int(len(rows)), "features": [], "skipped": None
+    }  # fmt: skip
     if counts.min() < 2:
         result["skipped"] = f"needs 2+ readable images of each class (real {counts[0]}, ai {counts[1]})"
         return result
     rows = _derived(rows)
     for name, kind, blocking in AUDIT_FEATURES:
+        if name not in rows:
+            continue
         values = rows[name]
-        if kind == "number":
+        limit = threshold if blocking or content_limit is None else content_limit
+        if kind == "content":
+            auc, method = content_auc(values, labels, seed)
+        elif kind == "number":
             auc, method = numeric_auc(values, labels), "rank"
             if values.nunique(dropna=False) <= 50:
                 cat = categorical_auc(values, labels, seed)
@@ -325,9 +360,11 @@ def shortcut_audit(facts: pd.DataFrame, threshold: float = 0.9, seed: int = 0) -
                 "feature": name,
                 "auc": round(auc, 4),
                 "method": method,
-                "blocking_feature": blocking,
-                "separates": bool(auc > threshold),
-                "blocking": bool(blocking and auc > threshold),
+                "group": "container" if blocking else "content",
+                "limit": limit,
+                "blocking_feature": bool(blocking or content_limit is not None),
+                "separates": bool(auc > limit),
+                "blocking": bool((blocking or content_limit is not None) and auc > limit),
             }
         )
     return result
@@ -383,6 +420,7 @@ def distributions(facts: pd.DataFrame) -> dict[str, Any]:
             "width": _stats(part["width"]),
             "height": _stats(part["height"]),
             "file_size": _stats(part["file_size"]),
+            **{name: _stats(part[name]) for name in CONTENT_FEATURES if name in part},
         }
     return out
 
@@ -522,13 +560,13 @@ def analyse(facts: pd.DataFrame, options: VerifyOptions | None = None) -> dict[s
     report["distributions"] = distributions(facts)
 
     # shortcut audit
-    audit = shortcut_audit(facts, options.auc_threshold, options.seed)
+    audit = shortcut_audit(facts, options.auc_threshold, options.seed, options.content_auc_limit)
     report["shortcut_audit"] = audit
     for feat in audit["features"]:
         if feat["blocking"]:
             blocking.append(
                 f"shortcut: '{feat['feature']}' alone separates real from AI (AUC {feat['auc']:.3f} > "
-                f"{options.auc_threshold})"
+                f"{feat['limit']})"
             )
         elif feat["separates"]:
             warnings.append(
@@ -664,6 +702,11 @@ def summary_text(report: dict[str, Any]) -> str:
         for cls, d in dists.items()
     ]
     lines.append(f"{'File size':<13}{' | '.join(sizes) or '-'}")
+    sharp = [
+        f"{cls}: median {d['laplacian_ratio']['median']:.2f}" for cls, d in dists.items() if d.get("laplacian_ratio")
+    ]
+    if sharp:
+        lines.append(f"{'Sharpness':<13}{' | '.join(sharp)} (Laplacian / band-pass variance)")
     exact, near = report["exact_duplicates"], report["near_duplicates"]
     lines.append(
         f"Duplicates   exact: {exact['n_clusters']} clusters / {exact['n_files']} files "
@@ -674,13 +717,18 @@ def summary_text(report: dict[str, Any]) -> str:
     if audit["skipped"]:
         lines.append(f"Shortcut audit skipped: {audit['skipped']}")
     else:
-        lines.append(f"Shortcut audit (one-feature AUC; container facts block above {audit['threshold']}):")
-        cells = []
-        for f in audit["features"]:
-            mark = " BLOCKING" if f["blocking"] else (" (reported)" if f["separates"] else "")
-            cells.append(f"{f['feature']} {f['auc']:.2f}{mark}")
-        for i in range(0, len(cells), 4):
-            lines.append("  " + "  ·  ".join(cells[i : i + 4]))
+        limit = audit.get("content_limit")
+        lines.append("Shortcut audit (one-feature AUC):")
+        for group, title in (
+            ("container", f"container facts, blocking above {audit['threshold']}"),
+            ("content", f"content, blocking above {limit}" if limit is not None else "content, reported"),
+        ):
+            cells = []
+            for f in (f for f in audit["features"] if f.get("group", "container") == group):
+                mark = " BLOCKING" if f["blocking"] else (" (reported)" if f["separates"] else "")
+                cells.append(f"{f['feature']} {f['auc']:.2f}{mark}")
+            lines.append(f"  {title}:")
+            lines.extend("    " + "  ·  ".join(cells[i : i + 4]) for i in range(0, len(cells), 4))
     if report["warnings"]:
         lines.append("Warnings:")
         lines.extend(f"  - {w}" for w in report["warnings"])

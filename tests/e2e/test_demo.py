@@ -24,7 +24,7 @@ def test_demo_runs_every_stage(tmp_path: Path, ray_cluster: None):
     settings = load_settings(
         overrides={
             "workdir": str(tmp_path / "work"),
-            "benchmark": {"size": 64, "generators": ["esrgan", "waifu2x"], "max_actors": 1},
+            "benchmark": {"sizes": [64], "test_sizes": None, "generators": ["esrgan", "waifu2x"], "max_actors": 1},
             "train": {"backbone": "tinycnn", "weights": "none", "epochs": 1, "batch_size": 8},
             "serve": {"port": _free_port()},
         }

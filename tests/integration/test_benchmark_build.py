@@ -26,8 +26,9 @@ SOURCES = ["skimage", "sklearn", "matplotlib"]  # the Debian wallpapers are big;
 @pytest.fixture(scope="module")
 def builds(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmark")
-    kwargs = dict(n_pairs=8, generators=GENERATORS, size=64, seed=7, sources=SOURCES, fit=TINY_FIT, sdedit_steps=10,
-                  cache_dir=root / "cache", batch_size=2, max_actors=1, progress=False, log=None)  # fmt: skip
+    kwargs = dict(n_pairs=8, generators=GENERATORS, sizes=[64], seed=7, sources=SOURCES, fit=TINY_FIT, sdedit_steps=10,
+                  hardneg_share=0.5, cache_dir=root / "cache", batch_size=2, max_actors=1, progress=False,
+                  log=None)  # fmt: skip
     first = build_benchmark(root / "a", **kwargs)
     second = build_benchmark(root / "b", **{**kwargs, "use_ray": False})  # same bytes without Ray's scheduling
     return root, first, second, kwargs
@@ -106,12 +107,12 @@ def test_verify_passes_the_benchmark(builds):
 @pytest.mark.s3
 def test_a_small_build_written_to_s3(s3_bucket):
     uri = f"{s3_bucket}/bench"
-    result = build_benchmark(uri, n_pairs=2, generators=["waifu2x"], size=32, seed=0, sources=["sklearn"],
+    result = build_benchmark(uri, n_pairs=2, generators=["waifu2x"], sizes=[32], seed=0, sources=["sklearn"],
                              use_ray=False, progress=False, log=None)  # fmt: skip
     assert result.built and result.root == uri
     files = storage.list_files(uri)
     assert f"{uri}/{CARD_FILE}" in files and f"{uri}/{PREVIEW_FILE}" in files
     train = pd.read_csv(io.BytesIO(storage.read_bytes(f"{uri}/train.csv")))
     assert all(f"{uri}/{name}" in files for name in train["file_name"])
-    assert not build_benchmark(uri, n_pairs=2, generators=["waifu2x"], size=32, seed=0, sources=["sklearn"],
+    assert not build_benchmark(uri, n_pairs=2, generators=["waifu2x"], sizes=[32], seed=0, sources=["sklearn"],
                                use_ray=False, progress=False, log=None).built  # fmt: skip

@@ -51,3 +51,35 @@ def test_encoding_is_fixed_and_metadata_free(encoding):
             assert ia.quantization == ib.quantization
         else:
             assert np.array_equal(np.asarray(ia), a)  # lossless
+
+
+def test_hard_negative_steps_parse_replay_and_chain():
+    from raydetect.data.benchmark.degrade import join_processing
+
+    spec = join_processing("hardneg:bicubic0.55", "blur0.80+jpeg81")
+    assert spec == "hardneg:bicubic0.55+blur0.80+jpeg81" and join_processing("none", "none") == "none"
+    assert parse_processing(spec) == [("bicubic", 0.55), ("blur", 0.8), ("jpeg", 81.0)]
+    image = smooth_photo(np.random.default_rng(3), 64)
+    assert np.array_equal(apply_processing(image, spec), apply_processing(image, "bicubic0.55+blur0.80+jpeg81"))
+
+
+@pytest.mark.parametrize("mode", ["resize", "blur"])
+def test_match_sharpness_brings_the_real_image_to_the_target(mode):
+    from raydetect.data.benchmark.degrade import match_sharpness
+    from raydetect.data.content import grey_center, laplacian_ratio
+
+    rng = np.random.default_rng(4)
+    sharp = np.clip(smooth_photo(rng, 128).astype(int) + rng.integers(-30, 31, (128, 128, 3)), 0, 255).astype(np.uint8)
+    soft = np.asarray(Image.fromarray(sharp).resize((48, 48), Image.Resampling.BICUBIC).resize((128, 128)))
+
+    def lap(image):
+        return laplacian_ratio(grey_center(image))
+
+    step = match_sharpness(sharp, lap(soft), mode)
+    assert step.startswith("hardneg:" + {"resize": "bicubic", "blur": "blur"}[mode])
+    matched = lap(apply_processing(sharp, step))
+    assert abs(np.log(matched) - np.log(lap(soft))) < abs(np.log(lap(sharp)) - np.log(lap(soft))) / 4
+    assert match_sharpness(sharp, lap(sharp) * 10, mode) == ("hardneg:bicubic0.95" if mode == "resize" else
+                                                                  "hardneg:blur0.30")  # fmt: skip
+    if mode == "resize":  # a cap keeps the resize at or below it
+        assert match_sharpness(sharp, lap(sharp) * 10, mode, cap=0.5371) == "hardneg:bicubic0.53"

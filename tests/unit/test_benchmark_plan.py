@@ -1,4 +1,5 @@
-"""The benchmark plan: balanced generators, whole photos per split, seeded, label-free names."""
+"""The benchmark plan: balanced generators, whole photos per split, seeded, label-free names; sizes per
+pair, real images downsampled from their photos, hard negatives."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 
 import pytest
 
-from raydetect.data.benchmark.plan import plan_pairs, split_photos
+from raydetect.data.benchmark.plan import min_short_side, plan_pairs, split_photos
 from raydetect.data.benchmark.sources import Photo
 
 GENERATORS = ["esrgan", "esrgan-anime", "waifu2x", "ddpm"]
@@ -66,3 +67,28 @@ def test_bad_arguments():
         plan_pairs(_photos(), 0, GENERATORS, 64, 0)
     with pytest.raises(ValueError, match="no photographs"):
         plan_pairs([], 4, GENERATORS, 64, 0)
+
+
+def test_sizes_per_pair_downsampling_and_hard_negatives():
+    photos = _photos()
+    sizes = {p.photo_id: (p.width, p.height) for p in photos}
+    plan = plan_pairs(photos, 600, GENERATORS, [64, 128, 256], seed=5, min_downscale=2.0, hardneg_share=0.4,
+                      test_sizes=[256, 384])  # fmt: skip
+    train, test = plan[plan["split"] == "train"], plan[plan["split"] == "test"]
+    assert set(train["size"]) == {64, 128, 256}
+    assert set(test["size"]) <= {256, 384} and 256 in set(test["size"])
+    for row in plan.itertuples():
+        short = min(sizes[row.group])
+        assert short >= min_short_side(row.size, 2.0, row.hardneg)  # the photo is large enough
+        if row.hardneg == "resize":  # downsampled >= 2x overall: from the photo to the box, then by the resize
+            assert row.side / (row.size * row.hardneg_cap) >= 2.0 - 1e-6 and 0.5 <= row.hardneg_cap <= 1.0
+        else:
+            assert row.side >= 2 * row.size and row.hardneg_cap == 1.0
+    modes = plan["hardneg"].value_counts(normalize=True)
+    assert abs(modes["resize"] - 0.28) < 0.06 and abs(modes["blur"] - 0.12) < 0.05
+    # sizes and hard negatives are drawn per pair, never per label (a pair's two images share the size)
+    assert plan.groupby("group")["split"].nunique().max() == 1
+    assert plan.equals(plan_pairs(photos, 600, GENERATORS, [64, 128, 256], seed=5, min_downscale=2.0,
+                                  hardneg_share=0.4, test_sizes=[256, 384]))  # fmt: skip
+    with pytest.raises(ValueError, match="large enough"):
+        plan_pairs(photos, 10, GENERATORS, [2048], seed=0, min_downscale=2.0)

@@ -228,3 +228,52 @@ def test_unlabelled_folder_skips_the_audit(tmp_path: Path):
     report = analyse(facts_of(read_manifest(tmp_path, "folder")))
     assert report["ok"] and report["shortcut_audit"]["skipped"]
     assert report["class_balance"]["unlabelled"] == 4 and list(report["distributions"]) == ["unlabelled"]
+
+
+def _textured(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    noise = rng.integers(-40, 41, (size, size, 3))
+    return np.clip(smooth_photo(rng, size).astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def _blurred(image: np.ndarray, radius: float) -> np.ndarray:
+    from PIL import ImageFilter
+
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)))
+
+
+def test_sharpness_audit_separates_blurred_from_sharp_and_not_matched_classes():
+    from raydetect.data.content import CONTENT_FEATURES
+
+    rng = np.random.default_rng(5)
+    photos = [_textured(rng) for _ in range(40)]
+    labels = np.array([0, 1] * 20)
+
+    def audit(images, **kwargs):
+        rows = [inspect_bytes(encode(image)) for image in images]
+        facts = pd.DataFrame(rows).assign(label=pd.array(labels, dtype="Int64"))
+        return {f["feature"]: f for f in shortcut_audit(facts, **kwargs)["features"]}
+
+    # AI images (odd rows) blurred, real ones sharp: sharpness alone gives the label away
+    skewed = audit([p if y == 0 else _blurred(p, 1.2) for p, y in zip(photos, labels, strict=True)])
+    for name in CONTENT_FEATURES:
+        assert skewed[name]["auc"] > 0.95 and skewed[name]["group"] == "content"
+        assert skewed[name]["separates"] and not skewed[name]["blocking"]  # reported, not blocking by default
+    # the same blur on a random half of both classes: near chance
+    coin = np.random.default_rng(6).random(40) < 0.5
+    matched = audit([_blurred(p, 1.2) if c else p for p, c in zip(photos, coin, strict=True)])
+    for name in CONTENT_FEATURES:
+        assert matched[name]["auc"] < 0.7, matched[name]
+    blocked = audit([p if y == 0 else _blurred(p, 1.2) for p, y in zip(photos, labels, strict=True)],
+                    content_limit=0.6)  # fmt: skip
+    assert blocked["laplacian_ratio"]["blocking"] and not blocked["format"]["blocking"]
+
+
+def test_binned_auc_finds_a_band_that_stands_for_one_class():
+    from raydetect.data.verify import binned_auc, content_auc, numeric_auc
+
+    rng = np.random.default_rng(7)
+    labels = np.array([0, 1] * 200)
+    values = pd.Series(np.where(labels == 1, rng.normal(0, 0.3, 400), rng.choice([-3.0, 3.0], 400)))
+    assert numeric_auc(values, labels) < 0.6  # AI in the middle, real on both sides: no rank order
+    assert binned_auc(values, labels) > 0.9
+    assert content_auc(values, labels)[1] == "bins"

@@ -4,9 +4,11 @@ Output (the Kaggle layout, DESIGN.md §1-2), under `out` (local folder or s3:// 
   train.csv         file_name,label,group,category,generator,processing
   test.csv          id
   test_labels.csv   id,label,group,category,generator,processing
-  train_data/       <random hex>.png|jpg (both classes, one size, one encoding, no metadata)
+  train_data/       <random hex>.png|jpg (both classes, one encoding, no metadata; a pair's two images
+                    share their size, drawn per pair from `sizes`)
   test_data_v2/
-  benchmark.json    the card: parameters, sources (with content hashes), counts, versions, build time
+  benchmark.json    the card: parameters, sources (with content hashes), counts, the sharpness-only AUCs
+                    (`content_audit`), versions, build time
   benchmark_preview.png  a contact sheet of a few real/AI pairs per generator
 
 The card is written last; a build whose card matches the requested parameters and sources is skipped.
@@ -31,10 +33,18 @@ from PIL import Image
 
 from raydetect import storage
 from raydetect.config import StorageSettings
-from raydetect.data.benchmark.degrade import apply_processing, check_encoding, encode
+from raydetect.data.benchmark.degrade import (
+    HARDNEG,
+    apply_processing,
+    check_encoding,
+    encode,
+    join_processing,
+    match_sharpness,
+)
 from raydetect.data.benchmark.diffusion import DiffusionBundle, FitConfig, render_crop
-from raydetect.data.benchmark.plan import TEST_DIR, TRAIN_DIR, plan_pairs
-from raydetect.data.benchmark.sources import Photo, file_digest, find_photos
+from raydetect.data.benchmark.plan import TEST_DIR, TRAIN_DIR, min_short_side, plan_pairs
+from raydetect.data.benchmark.sources import Photo, file_digest, find_photos, open_photo
+from raydetect.data.content import CONTENT_FEATURES, content_features, grey_center, laplacian_ratio
 
 CARD_FILE = "benchmark.json"
 PREVIEW_FILE = "benchmark_preview.png"
@@ -43,6 +53,7 @@ SR_GENERATORS = ("esrgan", "esrgan-anime", "waifu2x")
 DIFFUSION_GENERATORS = ("ddpm",)
 KNOWN_GENERATORS = (*SR_GENERATORS, *DIFFUSION_GENERATORS)
 CSV_COLUMNS = ["label", "group", "category", "generator", "processing"]
+CLASS_KEYS = {0: "real", 1: "ai"}
 
 GeneratorFn = Callable[[np.ndarray, int], np.ndarray]
 
@@ -85,7 +96,8 @@ def make_generator(
 
 class PairBuilder:
     """Callable class for `map_batches` (pandas batches of plan rows): crop the real image, generate its
-    AI counterpart, process and encode both, write both files; returns one metadata row per image.
+    AI counterpart, match a hard negative's step to it, process and encode both, write both files;
+    returns one metadata row per image (with its content features, for the card's audit).
 
     `factory` builds the generator inside the actor (tests can pass their own); it sets the thread count of
     its engine itself (ncnn's option, torch.set_num_threads), as Ray's OMP_NUM_THREADS follows num_cpus."""
@@ -94,7 +106,6 @@ class PairBuilder:
         self,
         factory: Callable[[], GeneratorFn],
         root: str,
-        size: int,
         encoding: str = "png",
         jpeg_quality: int = 95,
         storage_settings: StorageSettings | None = None,
@@ -102,45 +113,50 @@ class PairBuilder:
     ):
         self.generate = factory()
         self.root = root
-        self.size = size
         self.encoding = encoding
         self.jpeg_quality = jpeg_quality
         self.storage_settings = storage_settings
         self._photos: OrderedDict[str, Image.Image] = OrderedDict()
         self._cache = photo_cache
 
-    def _photo(self, path: str) -> Image.Image:
-        if path in self._photos:
-            self._photos.move_to_end(path)
-            return self._photos[path]
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-        self._photos[path] = image
+    def _photo(self, locator: str) -> Image.Image:
+        if locator in self._photos:
+            self._photos.move_to_end(locator)
+            return self._photos[locator]
+        image = open_photo(locator)
+        self._photos[locator] = image
         while len(self._photos) > self._cache:
             self._photos.popitem(last=False)
         return image
 
-    def _write(self, name: str, image: np.ndarray, processing: str) -> tuple[int, str]:
-        data = encode(apply_processing(image, processing), self.encoding, self.jpeg_quality)
-        storage.write_bytes(storage.join(self.root, name), data, self.storage_settings)
+    def _write(self, name: str, image: np.ndarray, processing: str) -> dict[str, Any]:
         from raydetect.data.images import sha256_hex
 
-        return len(data), sha256_hex(data)
+        data = encode(apply_processing(image, processing), self.encoding, self.jpeg_quality)
+        storage.write_bytes(storage.join(self.root, name), data, self.storage_settings)
+        with Image.open(io.BytesIO(data)) as written:  # what a reader of the benchmark sees
+            features = content_features(written.convert("RGB"))
+        return {"n_bytes": len(data), "sha256": sha256_hex(data), **features}
 
     def build_row(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        real = render_crop(self._photo(row["photo_path"]), (row["left"], row["top"], row["side"]), self.size)
+        size = int(row["size"])
+        real = render_crop(self._photo(row["photo_path"]), (row["left"], row["top"], row["side"]), size)
         generate_started = time.perf_counter()
         fake = self.generate(real, int(row["noise_seed"]))
         generate_s = time.perf_counter() - generate_started
         if fake.shape != real.shape or fake.dtype != np.uint8:
             raise RuntimeError(f"generator {row['generator']} returned {fake.shape} {fake.dtype}, not {real.shape}")
+        real_processing = row["real_processing"]
+        if row["hardneg"] != "none":
+            target = laplacian_ratio(grey_center(fake))
+            step = match_sharpness(real, target, row["hardneg"], float(row["hardneg_cap"]))
+            real_processing = join_processing(step, real_processing)
         out = []
         for label, image, name, processing, generator in (
-            (0, real, row["real_name"], row["real_processing"], "real"),
+            (0, real, row["real_name"], real_processing, "real"),
             (1, fake, row["ai_name"], row["ai_processing"], row["generator"]),
         ):
-            n_bytes, digest = self._write(name, image, processing)
             out.append(
                 {
                     "file_name": name,
@@ -151,8 +167,8 @@ class PairBuilder:
                     "processing": processing,
                     "split": row["split"],
                     "pair": int(row["pair"]),
-                    "n_bytes": n_bytes,
-                    "sha256": digest,
+                    "size": size,
+                    **self._write(name, image, processing),
                 }
             )
         out[1]["generate_s"] = generate_s  # the generator's own time, and the whole pair's (crop, encode, write)
@@ -331,6 +347,28 @@ def write_preview(
     return uri
 
 
+def content_audit(rows: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
+    """The sharpness-only AUCs of the built images, as `raydetect data verify` scores them, with the
+    per-class medians, and the same over the real images that are not hard negatives (what the
+    generators alone leave)."""
+    from raydetect.data.verify import content_auc
+
+    plain = rows[(rows["label"] == 1) | ~rows["processing"].str.contains(HARDNEG, regex=False)]
+    plain_labels = plain["label"].to_numpy(int)
+    both = np.bincount(plain_labels, minlength=2).min() > 1  # the AUC needs both classes
+    out: dict[str, Any] = {}
+    for name in CONTENT_FEATURES:
+        auc, method = content_auc(rows[name], rows["label"].to_numpy(int), seed)
+        without = content_auc(plain[name], plain_labels, seed)[0] if both else None
+        out[name] = {
+            "auc": round(auc, 4),
+            "method": method,
+            "auc_without_hard_negatives": None if without is None else round(without, 4),
+            "median": {CLASS_KEYS[int(k)]: round(float(v), 4) for k, v in rows.groupby("label")[name].median().items()},
+        }
+    return out
+
+
 # --- the entry point -----------------------------------------------------------------------------------
 
 
@@ -338,10 +376,14 @@ def build_benchmark(
     out: str | Path,
     n_pairs: int = 1200,
     generators: Sequence[str] = KNOWN_GENERATORS,
-    size: int = 224,
+    sizes: Sequence[int] = (224,),
     seed: int = 0,
     processing_share: float = 0.3,
     test_share: float = 0.2,
+    test_sizes: Sequence[int] | None = None,
+    min_downscale: float = 2.0,
+    hardneg_share: float = 0.0,
+    hardneg_blur_share: float = 0.3,
     encoding: str = "png",
     jpeg_quality: int = 95,
     sources: Sequence[str] | None = None,
@@ -365,7 +407,10 @@ def build_benchmark(
 ) -> BenchmarkResult:
     """Build (or reuse) the offline benchmark at `out`; see the module docstring for the layout.
 
-    `n_pairs` real/AI pairs, generators taken in rotation; `size` x `size` images; `encoding` png or jpeg
+    `n_pairs` real/AI pairs, generators taken in rotation; square images of a side drawn per pair from
+    `sizes` (`test_sizes` for the test split), real and AI of a pair alike; every real image downsampled
+    from its photo by at least `min_downscale`; `hardneg_share` of the real images resized or blurred to
+    their AI counterpart's sharpness (`hardneg_blur_share` of them blurred); `encoding` png or jpeg
     (at `jpeg_quality`) for both classes. `ddpm` uses `diffusion_model` (a diffusers id or folder) or the
     project's own small UNet, trained once with `fit` and cached under `cache_dir`. `use_ray=False` runs
     the same code in this process (no Ray). `factories` replaces the generators (tests)."""
@@ -376,21 +421,38 @@ def build_benchmark(
     unknown = [g for g in generators if g not in KNOWN_GENERATORS and not (factories and g in factories)]
     if unknown:
         raise BenchmarkError(f"unknown generator(s) {unknown}; known: {', '.join(KNOWN_GENERATORS)}")
-    if size < 32 or size % 4:
-        raise BenchmarkError(f"size must be a multiple of 4 and at least 32, got {size}")
+    sizes = sorted({int(s) for s in sizes})
+    test_sizes = sorted({int(s) for s in test_sizes}) if test_sizes else None
+    for size in [*sizes, *(test_sizes or [])]:
+        if size < 32 or size % 4:
+            raise BenchmarkError(f"sizes must be multiples of 4 and at least 32, got {size}")
+    if not sizes:
+        raise BenchmarkError("at least one size is needed")
+    if min_downscale < 1:
+        raise BenchmarkError(f"min_downscale must be at least 1, got {min_downscale}")
     encoding = check_encoding(encoding)
     if not 1 <= jpeg_quality <= 100:
         raise BenchmarkError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
-    photos = find_photos(tuple(sources) if sources is not None else None)
+    resizes = hardneg_share > 0 and hardneg_blur_share < 1
+    need = min_short_side(min([*sizes, *(test_sizes or [])]), min_downscale, "resize" if resizes else "none")
+    found = find_photos(tuple(sources) if sources is not None else None)
+    photos = [p for p in found if min(p.width, p.height) >= need]  # the ones a pair can use
     if not photos:
-        raise BenchmarkError("no allow-listed photographs are installed (scikit-image, scikit-learn, matplotlib)")
+        raise BenchmarkError(
+            f"none of the {len(found)} allow-listed photographs installed has a shorter side of {need:.0f} px "
+            "(install scikit-image, scikit-learn, matplotlib; or lower the sizes or min_downscale)"
+        )
     fit = fit or FitConfig(seed=seed)
     uses_ddpm = "ddpm" in generators and not (factories and "ddpm" in factories)
     params: dict[str, Any] = {
         "n_pairs": int(n_pairs),
         "generators": generators,
-        "size": int(size),
+        "sizes": sizes,
+        "test_sizes": test_sizes,
         "seed": int(seed),
+        "min_downscale": float(min_downscale),
+        "hardneg_share": float(hardneg_share),
+        "hardneg_blur_share": float(hardneg_blur_share),
         "processing_share": float(processing_share),
         "test_share": float(test_share),
         "encoding": encoding,
@@ -425,10 +487,17 @@ def build_benchmark(
         return BenchmarkResult(root, False, time.perf_counter() - started, existing)
     _prepare_root(root, force, storage_settings)
 
-    plan = plan_pairs(photos, n_pairs, generators, size, seed, processing_share, test_share, encoding)
+    try:
+        plan = plan_pairs(
+            photos, n_pairs, generators, sizes, seed, processing_share, test_share, encoding, test_sizes,
+            min_downscale, hardneg_share, hardneg_blur_share,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise BenchmarkError(str(exc)) from exc
+    size_text = "/".join(map(str, sizes)) + (f" (test {'/'.join(map(str, test_sizes))})" if test_sizes else "")
     say(
         f"benchmark: {len(plan)} pairs from {len(photos)} photos ({', '.join(sorted({p.source for p in photos}))}),"
-        f" generators {', '.join(generators)}, {size}px {encoding}"
+        f" generators {', '.join(generators)}, {size_text} px {encoding}, hard negatives {hardneg_share:.0%}"
     )
 
     diffusion = None
@@ -438,7 +507,7 @@ def build_benchmark(
 
         t0 = time.perf_counter()
         model = diffusion_model or ensure_generator(
-            cache_dir, photos, fit, threads=fit_threads, progress=progress, log=say
+            cache_dir, found, fit, threads=fit_threads, progress=progress, log=say
         )
         diffusion = load_diffusion(model)
         fit_seconds = time.perf_counter() - t0
@@ -452,7 +521,6 @@ def build_benchmark(
             )
     builder_kwargs = {
         "root": root,
-        "size": size,
         "encoding": encoding,
         "jpeg_quality": jpeg_quality,
         "storage_settings": storage_settings,
@@ -478,21 +546,32 @@ def build_benchmark(
             str(label): round(float((part["processing"] != "none").mean()), 4) for label, part in rows.groupby("label")
         },
         "groups": {split: int(part["group"].nunique()) for split, part in rows.groupby("split")},
+        "by_size": {
+            split: {str(k): int(v) for k, v in part["size"].value_counts().sort_index().items()}
+            for split, part in rows.groupby("split")
+        },
+        "hard_negative_share": round(
+            float(rows.loc[rows["label"] == 0, "processing"].str.contains(HARDNEG, regex=False).mean()), 4
+        ),
+        "photos_by_source": {k: int(v) for k, v in pd.Series([p.source for p in photos]).value_counts().items()},
         "mean_bytes": {str(label): round(float(part["n_bytes"].mean()), 1) for label, part in rows.groupby("label")},
         "seconds_per_pair": {  # measured inside the workers (CPU contention included)
             name: {
                 "generate": round(float(part["generate_s"].mean()), 3),
                 "pair": round(float(part["pair_s"].mean()), 3),
+                "pair_by_size": {str(k): round(float(v), 3) for k, v in part.groupby("size")["pair_s"].mean().items()},
             }
             for name, part in rows[rows["label"] == 1].groupby("generator")
         },
     }
+    audit = content_audit(rows, seed)
     seconds = time.perf_counter() - started
     card = {
         "format": CARD_FORMAT,
         "params": params,
         "sources": source_list,
         "counts": counts,
+        "content_audit": audit,
         "layout": {
             "train": "train.csv",
             "test": "test.csv",
@@ -514,7 +593,9 @@ def build_benchmark(
     storage.write_text(storage.join(root, CARD_FILE), json.dumps(card, indent=2), storage_settings)
     say(
         f"benchmark: wrote {counts['images']} images to {root} in {seconds:.0f} s "
-        f"(generator {fit_seconds:.0f} s, images {generate_seconds:.0f} s)"
+        f"(generator {fit_seconds:.0f} s, images {generate_seconds:.0f} s); sharpness-only AUC "
+        + ", ".join(f"{name} {audit[name]['auc']:.3f}" for name in CONTENT_FEATURES)
+        + f" ({counts['hard_negative_share']:.0%} of the real images are hard negatives)"
     )
     return BenchmarkResult(root, True, seconds, card)
 
@@ -526,8 +607,12 @@ def build_from_settings(out: str | Path, settings, **overrides: Any) -> Benchmar
     kwargs: dict[str, Any] = {
         "n_pairs": bench.n_pairs,
         "generators": list(bench.generators),
-        "size": bench.size,
+        "sizes": list(bench.sizes),
+        "test_sizes": list(bench.test_sizes) if bench.test_sizes else None,
         "seed": settings.seed,
+        "min_downscale": bench.min_downscale,
+        "hardneg_share": bench.hardneg_share,
+        "hardneg_blur_share": bench.hardneg_blur_share,
         "processing_share": bench.processing_share,
         "test_share": bench.test_share,
         "encoding": bench.encoding,

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from raydetect.data.benchmark.sources import Photo
+from raydetect.data.benchmark.sources import Photo, open_photo
 
 CARD_NAME = "raydetect_generator.json"
 
@@ -69,11 +69,14 @@ class DiffusionBundle:
 # --- crops ---------------------------------------------------------------------------------------------
 
 
-def sample_box(rng: np.random.Generator, width: int, height: int, size: int) -> tuple[int, int, int]:
-    """A square crop (left, top, side) with a log-uniform side in [size, shorter side] (the whole shorter
-    side when the photo is smaller than `size`) and a uniform position."""
+def sample_box(
+    rng: np.random.Generator, width: int, height: int, size: int, least: int | None = None
+) -> tuple[int, int, int]:
+    """A square crop (left, top, side) with a log-uniform side in [least, shorter side] (`least` defaults
+    to `size`; the whole shorter side when the photo is smaller) and a uniform position."""
     short = min(width, height)
-    side = short if short <= size else int(round(math.exp(rng.uniform(math.log(size), math.log(short)))))
+    least = size if least is None else least
+    side = short if short <= least else int(round(math.exp(rng.uniform(math.log(least), math.log(short)))))
     side = min(max(side, 1), short)
     left = int(rng.integers(0, width - side + 1))
     top = int(rng.integers(0, height - side + 1))
@@ -98,8 +101,7 @@ def crop_pool(photos: Sequence[Photo], n: int, size: int, seed: int) -> np.ndarr
     for photo, count in zip(photos, counts, strict=True):
         if not count:
             continue
-        with Image.open(photo.path) as opened:
-            image = opened.convert("RGB")
+        image = open_photo(photo.path)
         for _ in range(count):
             out[index] = render_crop(image, sample_box(rng, *image.size, size), size)
             index += 1

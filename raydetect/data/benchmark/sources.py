@@ -1,23 +1,33 @@
 """The real photographs of the offline benchmark: an explicit allow-list of files that packages ship.
 
-Only photographs are listed (no drawings, renders, test patterns, microscopy or text). Each entry names
-the package, the file inside it, a stable `photo_id` (the `group` of every crop taken from it) and a
-`category` (`human` when people are shown). Sources whose package is not installed are skipped, so the
-Debian wallpapers (under /usr/share: `backgrounds/` for MATE and Lomiri, `wallpapers/` for Plasma) are
-optional; the Python packages (scikit-image, scikit-learn, matplotlib) are project dependencies.
+Only photographs are listed (no drawings, renders, paintings, test patterns, microscopy, cut-outs or text),
+in `photos.csv` beside this module, one row per photo: the package, the file inside it (and, for a Qt
+resource file, the member inside that), a stable `photo_id` (the `group` of every crop taken from it) and a
+`category` (`human` when people are visible). Sources whose package is not installed are skipped, so the
+Debian packages (under /usr/share: wallpapers, gcompris-qt-data, palapeli-data, jigzo-data,
+libjxl-testdata) are optional; the Python packages (scikit-image, scikit-learn, matplotlib) are project
+dependencies. A photo's `path` is a locator: a file, `FILE::MEMBER` for a member of a `.rcc` file, or a
+jigzo `.pzl` file (its photo is a rectangle of the atlas JPEG inside); `open_photo` reads any of them.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import importlib.resources
 import importlib.util
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from raydetect.data.benchmark.packed import pzl_photo, read_member
+
 DEBIAN_SHARE = Path("/usr/share")  # Debian installs desktop wallpapers under backgrounds/ and wallpapers/
+ALLOW_LIST_FILE = "photos.csv"
+MEMBER_SEP = "::"  # FILE::MEMBER, a member of a Qt resource file
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class PhotoEntry:
     package: str  # the Python package (kind=python) or the Debian package (kind=debian)
     relpath: str  # inside the package folder, or inside /usr/share
     category: str = "other"
+    member: str = ""  # the path inside a Qt resource file (relpath ends in .rcc)
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class Photo:
     """An allow-listed photograph found on this machine."""
 
     photo_id: str
-    path: str
+    path: str  # a locator: FILE, FILE::MEMBER or a .pzl file (see `open_photo`)
     category: str
     source: str  # the package it came from
     width: int
@@ -47,66 +58,19 @@ class Photo:
         return self.width * self.height
 
 
-def _py(package: str, relpath: str, name: str, category: str = "other") -> PhotoEntry:
-    return PhotoEntry(f"{package.split('.')[0]}/{name}", "python", package, relpath, category)
+def load_allow_list(text: str | None = None) -> tuple[PhotoEntry, ...]:
+    """The rows of `photos.csv` (or of `text`), `#` comment lines skipped."""
+    if text is None:
+        text = importlib.resources.files(__package__).joinpath(ALLOW_LIST_FILE).read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return tuple(
+        PhotoEntry(row["photo_id"], row["kind"], row["package"], row["relpath"], row["category"] or "other",
+                   row.get("member") or "")
+        for row in csv.DictReader(lines)
+    )  # fmt: skip
 
 
-def _deb(package: str, relpath: str, category: str = "other", name: str | None = None) -> PhotoEntry:
-    return PhotoEntry(f"{package}/{name or Path(relpath).stem}", "debian", package, relpath, category)
-
-
-# The allow-list. Excluded on purpose: skimage horse/logo/text/page/chessboard (drawings, patterns),
-# retina/cell/ihc/microaneurysms (medical, microscopy), motorcycle_right (the stereo twin of _left),
-# lfw_subset (25-px faces), matplotlib logo2/Minduka (renders), the sklearn set has only photos;
-# lomiri analogpattern and umang (abstract renders); MATE abstract/ and desktop/ (renders); Lomiri 20.04
-# Fossa, Infinite-Sea, Painting-Colors (renders, a painting); Plasma's renders and drawings, Volna (a polygon
-# render) and Kite (a sky photo with a drawn kite pasted in).
-ALLOW_LIST: tuple[PhotoEntry, ...] = (
-    # scikit-image
-    _py("skimage.data", "astronaut.png", "astronaut", "human"),
-    _py("skimage.data", "camera.png", "camera", "human"),
-    _py("skimage.data", "coffee.png", "coffee"),
-    _py("skimage.data", "chelsea.png", "chelsea"),
-    _py("skimage.data", "rocket.jpg", "rocket"),
-    _py("skimage.data", "motorcycle_left.png", "motorcycle"),
-    _py("skimage.data", "grass.png", "grass"),
-    _py("skimage.data", "gravel.png", "gravel"),
-    _py("skimage.data", "brick.png", "brick"),
-    # scikit-learn
-    _py("sklearn.datasets", "images/china.jpg", "china"),
-    _py("sklearn.datasets", "images/flower.jpg", "flower"),
-    # matplotlib
-    _py("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "grace_hopper", "human"),
-    # Debian mate-backgrounds, nature folder
-    *(
-        _deb("mate-backgrounds", f"backgrounds/mate/nature/{name}.jpg")
-        for name in (
-            "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow",
-            "LadyBird", "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower",
-        )
-    ),
-    # Debian lomiri-wallpapers-16.04
-    *(
-        _deb("lomiri-wallpapers-16.04", f"backgrounds/{name}.jpg")
-        for name in (
-            "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
-            "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
-            "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
-            "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
-            "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
-        )
-    ),
-    # Debian lomiri-wallpapers-20.04: its one photograph
-    _deb("lomiri-wallpapers-20.04", "backgrounds/Kleiber_by_Lukas_Baubkus.jpg"),
-    # Debian plasma-workspace-wallpapers: the photographs, at 2560x1600 (the largest size each one ships)
-    *(
-        _deb("plasma-workspace-wallpapers", f"wallpapers/{name}/contents/images/2560x1600.jpg", name=name)
-        for name in (
-            "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
-            "OneStandsOut", "Path", "summer_1am",
-        )
-    ),
-)  # fmt: skip
+ALLOW_LIST: tuple[PhotoEntry, ...] = load_allow_list()
 
 
 def _entry_source(entry: PhotoEntry) -> str:
@@ -116,18 +80,47 @@ def _entry_source(entry: PhotoEntry) -> str:
 SOURCE_NAMES = tuple(dict.fromkeys(_entry_source(entry) for entry in ALLOW_LIST))  # in allow-list order
 
 
-def _resolve(entry: PhotoEntry, debian_root: Path) -> Path | None:
+def _resolve(entry: PhotoEntry, debian_root: Path) -> str | None:
+    """The locator of `entry` on this machine, or None when its package (or the member) is absent."""
     if entry.kind == "debian":
         path = debian_root / entry.relpath
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        if not entry.member:
+            return str(path)
+        try:
+            read_member(path, entry.member)
+        except (KeyError, ValueError):
+            return None
+        return f"{path}{MEMBER_SEP}{entry.member}"
     spec = importlib.util.find_spec(entry.package)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         return None
     for folder in spec.submodule_search_locations:
         path = Path(folder) / entry.relpath
         if path.is_file():
-            return path
+            return str(path)
     return None
+
+
+def photo_bytes(locator: str) -> tuple[bytes, tuple[int, int, int, int] | None]:
+    """The encoded bytes behind a locator and, for a jigzo atlas, the photo's rectangle in them."""
+    if MEMBER_SEP in locator:
+        path, member = locator.split(MEMBER_SEP, 1)
+        return read_member(path, member), None
+    data = Path(locator).read_bytes()
+    if locator.endswith(".pzl"):
+        return pzl_photo(data)
+    return data, None
+
+
+def open_photo(locator: str, decode: bool = True) -> Image.Image:
+    """The photo behind a locator as an RGB image (`decode=False`: only opened, for its size)."""
+    data, rect = photo_bytes(locator)
+    image = Image.open(io.BytesIO(data))
+    if rect is not None:
+        image = image.crop(rect)
+    return image.convert("RGB") if decode else image
 
 
 def find_photos(
@@ -146,27 +139,21 @@ def find_photos(
         source = _entry_source(entry)
         if sources is not None and source not in sources:
             continue
-        path = _resolve(entry, Path(debian_root))
-        if path is None:
+        locator = _resolve(entry, Path(debian_root))
+        if locator is None:
             continue
-        with Image.open(path) as image:
-            width, height = image.size
+        width, height = open_photo(locator, decode=False).size
         if min(width, height) < min_side:
             continue
-        found.append(Photo(entry.photo_id, str(path), entry.category, source, width, height))
+        found.append(Photo(entry.photo_id, locator, entry.category, source, width, height))
     return sorted(found, key=lambda p: p.photo_id)
 
 
-def load_photo(path: str) -> np.ndarray:
+def load_photo(locator: str) -> np.ndarray:
     """The photo as an RGB uint8 HxWx3 array (grey photos are replicated to three channels)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    return np.asarray(open_photo(locator))
 
 
-def file_digest(path: str) -> str:
-    """A short content hash of a source file (recorded in the benchmark card)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+def file_digest(locator: str) -> str:
+    """A short content hash of a photo's encoded bytes (recorded in the benchmark card)."""
+    return hashlib.sha256(photo_bytes(locator)[0]).hexdigest()[:16]
