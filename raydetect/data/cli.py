@@ -231,3 +231,26 @@ def fit_generator_command(
         typer.echo(f"{folder} exists (use --force to retrain)")
         return
     fit_generator(photos, folder, fit, threads=settings.benchmark.fit_threads, progress=True, log=typer.echo)
+
+
+@app.command("photos")
+def photos_command(
+    sheet: Annotated[
+        str | None, typer.Option("--sheet", help="Write contact sheets here (PNG; several pages get -2, -3, …).")
+    ] = None,
+    sources: Annotated[str | None, typer.Option(help="Comma-separated photo sources (default: all).")] = None,
+    per_page: Annotated[int, typer.Option(help="Photos per contact-sheet page.")] = 80,
+) -> None:
+    """The benchmark's allow-listed real photographs found on this machine: counts per source and category,
+    and optionally contact sheets to check them by eye."""
+    from collections import Counter
+
+    from raydetect.data.benchmark.sources import find_photos, write_contact_sheets
+
+    photos = find_photos(tuple(s.strip() for s in sources.split(",")) if sources else None)
+    for (source, category), n in sorted(Counter((p.source, p.category) for p in photos).items()):
+        typer.echo(f"{source:32} {category:6} {n:4d}")
+    typer.echo(f"{len(photos)} photos")
+    if sheet:
+        for path in write_contact_sheets(photos, sheet, per_page):
+            typer.echo(f"contact sheet: {path}")

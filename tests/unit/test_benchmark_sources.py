@@ -205,3 +205,14 @@ def test_rcc_member_and_pzl_atlas_photos_open_by_locator(tmp_path: Path):
     (tmp_path / "demo.pzl").write_bytes(pzl)
     photo = open_photo(str(tmp_path / "demo.pzl"))
     assert photo.size == (60, 40) and np.asarray(photo).mean() > 190
+
+
+def test_contact_sheets_show_every_photo(tmp_path):
+    from PIL import Image
+
+    from raydetect.data.benchmark.sources import find_photos, write_contact_sheets
+
+    photos = find_photos(("skimage",))
+    paths = write_contact_sheets(photos, tmp_path / "sheet.png", per_page=5, thumb=40)
+    assert len(paths) == -(-len(photos) // 5) and paths[1].endswith("sheet-2.png")
+    assert Image.open(paths[0]).size == (400, 54)  # 10 columns, one row of 40 px thumbnails + captions

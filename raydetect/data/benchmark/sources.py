@@ -157,3 +157,28 @@ def load_photo(locator: str) -> np.ndarray:
 def file_digest(locator: str) -> str:
     """A short content hash of a photo's encoded bytes (recorded in the benchmark card)."""
     return hashlib.sha256(photo_bytes(locator)[0]).hexdigest()[:16]
+
+
+def write_contact_sheets(photos: list[Photo], out: str | Path, per_page: int = 80, thumb: int = 160) -> list[str]:
+    """Thumbnails of `photos` with their ids, `per_page` to a PNG page: `out`, then `out`-2, -3, …"""
+    from PIL import ImageDraw
+
+    out = Path(out)
+    cols = 10
+    paths = []
+    for page, start in enumerate(range(0, len(photos), per_page), start=1):
+        chunk = photos[start : start + per_page]
+        rows = -(-len(chunk) // cols)
+        sheet = Image.new("RGB", (cols * thumb, rows * (thumb + 14)), "white")
+        draw = ImageDraw.Draw(sheet)
+        for i, photo in enumerate(chunk):
+            image = open_photo(photo.path).convert("RGB")
+            image.thumbnail((thumb, thumb))
+            x, y = (i % cols) * thumb, (i // cols) * (thumb + 14)
+            sheet.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
+            draw.text((x + 2, y + thumb), f"{photo.photo_id.split('/')[-1][:24]} {photo.category[0]}", fill="black")
+        path = out if page == 1 else out.with_name(f"{out.stem}-{page}{out.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(path)
+        paths.append(str(path))
+    return paths
