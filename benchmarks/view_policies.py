@@ -50,11 +50,11 @@ def main() -> None:
 
     import ray
 
+    from raydetect.cluster import connect
     from raydetect.data.manifest import read_manifest
     from raydetect.models.bundle import load_card
-    from raydetect.score.cli import init_ray
 
-    init_ray()
+    connect()
     ray.data.DataContext.get_current().enable_progress_bars = False
     labelled = read_manifest(args.root, split=args.split)
     threshold = load_card(args.model).threshold

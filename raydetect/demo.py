@@ -41,8 +41,7 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> DemoOutputs:
     """Run every stage under `settings.workdir`; returns where each output went and the headline metrics."""
-    import ray
-
+    from raydetect.cluster import connect
     from raydetect.data.benchmark.build import build_from_settings
     from raydetect.data.verify import summary_text, verify, write_report
     from raydetect.evaluate.report import write_report as write_evaluation
@@ -61,8 +60,7 @@ def run_demo(
     version = unique_name("demo")
     run_id = version
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)  # workers' progress bars and epoch reports reach the terminal
+    connect()  # workers' progress bars and epoch reports reach the terminal
 
     overrides = {"n_pairs": n_pairs} if n_pairs else {}
     bench = _stage("1/6 offline benchmark", out, lambda: build_from_settings(bench_root, settings, **overrides), log)

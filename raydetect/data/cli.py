@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from raydetect.cli_options import ConfigOption, SetOption, settings_from
+from raydetect.cluster import connect
 
 app = typer.Typer(help="Datasets: verify, folds, build the offline benchmark.", no_args_is_help=True)
 
-
-
-def ensure_ray() -> None:
-    """Join the cluster in $RAY_ADDRESS (or a running local one), else start a local Ray; no-op if up."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
 
 
 @app.command("verify")
@@ -58,7 +50,7 @@ def verify_command(
         include_test=include_test,
         seed=settings.seed,
     )
-    ensure_ray()
+    connect()
     try:
         report = verify(root, split, settings, options)
     except ManifestError as exc:
@@ -102,7 +94,7 @@ def folds_command(
         if near_dups:
             from raydetect.data.verify import VerifyOptions, collect_facts, near_duplicate_groups
 
-            ensure_ray()
+            connect()
             facts = collect_facts(df, settings, VerifyOptions(near_dup_distance=near_dup_distance))
             df["near_dup_group"] = near_duplicate_groups(facts["dhash"], near_dup_distance).to_numpy()
             n = int(df["near_dup_group"].notna().sum())
@@ -194,7 +186,7 @@ def build_benchmark_command(
     try:
         check_encoding(settings.benchmark.encoding)
         if not local:
-            ensure_ray()
+            connect()
         result = build_from_settings(out, settings, **extra)
     except (BenchmarkError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

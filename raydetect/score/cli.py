@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated, Any
 
 import typer
 
 from raydetect.cli_options import ConfigOption, SetOption, settings_from
-
-
-def init_ray(address: str | None = None) -> None:
-    """Connect to `address` / $RAY_ADDRESS / a local `ray start` cluster, else start a local one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
 
 
 def score(
@@ -88,10 +79,11 @@ def run_and_summarize(
 ) -> dict[str, Any]:
     """Init Ray, score, and return the run summary (also at OUT/run=<id>/_SUMMARY.json, and `summary_uri`)."""
     from raydetect import storage
+    from raydetect.cluster import connect
     from raydetect.score import results
     from raydetect.score.pipeline import score_run, summarize
 
-    init_ray(ray_address)
+    connect(ray_address)
     manifest = score_run(
         input_uri, model, output, run_id, weights=weights, batch_size=batch_size, actors=actors, split=split,
         settings=settings,

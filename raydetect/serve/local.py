@@ -41,9 +41,9 @@ def start_local(settings: Settings | None = None, model_uri: str | None = None, 
     Raises `RuntimeError` when the port is taken and `FileNotFoundError`/`ValueError` for a bad model dir,
     before anything is started.
     """
-    import ray
     from ray import serve
 
+    from raydetect.cluster import connect
     from raydetect.models.bundle import load_card
     from raydetect.serve.app import build_app, resolve_model_uri
 
@@ -53,8 +53,7 @@ def start_local(settings: Settings | None = None, model_uri: str | None = None, 
     host, port = settings.serve.host, settings.serve.port
     if not port_is_free(host, port):
         raise RuntimeError(f"port {port} on {host} is in use: pass another with --port (or stop what holds it)")
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    connect("local", num_cpus=num_cpus, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(settings, uri), name=APP_NAME, route_prefix="/")
     url = local_url(settings)

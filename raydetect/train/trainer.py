@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from raydetect import storage
+from raydetect.cluster import connect
 from raydetect.config import Settings
 from raydetect.data.transforms import native_crop
 from raydetect.models.backbones import default_normalization, weights_source
@@ -79,15 +80,6 @@ class FoldRun:
 
 
 # --- helpers shared with cv.py / tune.py -----------------------------------------------------------------
-
-
-def ensure_ray() -> None:
-    """Connect to the cluster in $RAY_ADDRESS (as under `ray job submit`) or start a local one."""
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # 2.60's default; a stale 0 would bring back V1
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
 
 
 def image_size(settings: Settings) -> int:
@@ -353,7 +345,7 @@ def fit_fold(
     version: str | None = None,
 ) -> FoldRun:
     """Train on `train_df`, validate on `val_df` with a `TorchTrainer`; returns the best checkpoint + metrics."""
-    ensure_ray()
+    connect()
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

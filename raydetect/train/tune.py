@@ -20,8 +20,9 @@ import pandas as pd
 import yaml
 
 from raydetect import storage
+from raydetect.cluster import connect
 from raydetect.config import Settings
-from raydetect.train.trainer import ensure_ray, labelled_rows, storage_root, unique_name
+from raydetect.train.trainer import labelled_rows, storage_root, unique_name
 
 OBJECTIVE = "objective"
 SEARCHED = ("backbone", "input_filter", "lr", "weight_decay", "augment_strength", "epochs")
@@ -175,7 +176,7 @@ def tune_detector(
 ) -> TuneOutcome:
     """`raydetect tune`: a Ray Tune search with ASHA; writes best_config.{json,yaml} + leaderboard.csv to
     `output` (default <workdir>/tune/<name>) and returns them."""
-    ensure_ray()
+    connect()
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 

@@ -137,7 +137,7 @@ DRIVER = """
 import sys, time
 from raydetect.config import load_settings
 from raydetect.models.bundle import Detector
-from raydetect.score.cli import init_ray
+from raydetect.cluster import connect
 from raydetect.score.pipeline import score_run
 
 
@@ -151,7 +151,7 @@ class Slow:
         return self.inner.predict_images(images, max_batch)
 
 
-init_ray()
+connect()
 source, model, output = sys.argv[1:4]
 score_run(source, model, output, "resume", actors=(1, 1), loader=Slow, settings=load_settings(overrides=sys.argv[4:]))
 """

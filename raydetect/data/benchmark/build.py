@@ -213,8 +213,9 @@ def _run_ray(
 ) -> pd.DataFrame:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=False)
+    from raydetect.cluster import connect
+
+    connect()
     live = [name for name in factories if (plan["generator"] == name).any()]
     # Every generator's pool keeps one actor alive; leave CPU for the rest of the job whatever the cluster.
     total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
