@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from raydetect.cli_options import ConfigOption, SetOption, settings_from
 
 
 def evaluate(
@@ -21,18 +22,18 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Which labels: test (test_labels.csv) or train.")] = "test",
     output: Annotated[str, typer.Option("--output", "-o", help="HTML report path.")] = "report.html",
     threshold: Annotated[float | None, typer.Option(help="Decision threshold (default: the model's).")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", exists=True)] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
 ) -> None:
     """Join predictions to labels and write a single-file HTML report (+ JSON summary beside it).
 
     With --model, the split is scored first by the same Ray Data pipeline as `raydetect score` (into
     <workdir>/predictions/run=evaluate-<model version>, resumable), so evaluation sees exactly the P(AI)
     that scoring and Serve give."""
-    from raydetect.config import load_settings
     from raydetect.data.manifest import read_manifest
     from raydetect.evaluate.report import write_report
 
-    settings = load_settings(config)
+    settings = settings_from(config, overrides)
     if predictions is None and model is None:
         typer.secho("error: give a PREDICTIONS folder or --model", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
