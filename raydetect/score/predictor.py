@@ -89,7 +89,8 @@ class Predictor:
     """`map_batches(Predictor, batch_format="pyarrow", compute=ActorPoolStrategy(...), fn_constructor_kwargs=...)`.
 
     members: model URIs; weights: one per member (None = equal); loader: URI -> detector (has `.card` and
-    `.predict(NCHW float) -> P(AI)`), default `Detector.load(uri, device=device)`; num_threads: torch threads
+    `.predict(NCHW float) -> P(AI)`), default `Detector.load(uri, device, precision)`; precision: the setting
+    (auto | fp32 | bf16 | fp16) the default loader passes on; num_threads: torch threads
     (0 = this node's cores / pool_size, the actor pool's maximum size); schema: the output schema (from
     `output_schema`), so every block has the same types.
     """
@@ -100,12 +101,13 @@ class Predictor:
         weights: Sequence[float] | None = None,
         loader: Loader | None = None,
         device: str = "auto",
+        precision: str = "auto",
         num_threads: int = 0,
         schema: pa.Schema | None = None,
         pool_size: int = 1,
     ):
         torch.set_num_threads(num_threads if num_threads > 0 else auto_threads(pool_size))
-        loader = loader or partial(Detector.load, device=device)
+        loader = loader or partial(Detector.load, device=device, precision=precision)
         self.detectors = [loader(uri) for uri in members]
         self.weights = normalized_weights(weights, len(self.detectors))
         self.card = combine_cards([d.card for d in self.detectors], self.weights)

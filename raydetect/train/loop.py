@@ -1,9 +1,10 @@
 """The training loop as plain PyTorch: what each Ray Train worker runs, and what tests run without Ray.
 
-AdamW, a per-step cosine schedule (linear warm-up optional), AMP on CUDA (bf16 where supported, else fp16
-with a grad scaler), optional stem freezing for the first epochs, early stopping on validation F1
-(ties broken by validation loss), seeded. Batches are `(images, labels)` tuples or dicts with `image`, `label` and
-optionally `weight` (0 for rows that failed to decode), NCHW float32 images and 0/1 labels.
+AdamW, a per-step cosine schedule (linear warm-up optional), autocast by `precision` (models/precision.py;
+`auto`: bf16 on CUDA where supported, else fp16 with a grad scaler; bf16 on CPUs with native bf16), optional
+stem freezing for the first epochs, early stopping on validation F1 (ties broken by validation loss), seeded.
+Batches are `(images, labels)` tuples or dicts with `image`, `label` and optionally `weight` (0 for rows that
+failed to decode), NCHW float32 images and 0/1 labels.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from raydetect.models.backbones import stem_parameters
+from raydetect.models.precision import autocast, resolve_precision
 
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, Any]
 BatchSource = Callable[[], Iterable[Batch]]
@@ -38,7 +40,7 @@ class LoopConfig:
     min_lr_ratio: float = 0.01
     threshold: float = 0.5
     seed: int = 0
-    amp: bool = True  # only ever used on CUDA
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16, resolved for the device (models/precision.py)
     grad_clip: float | None = 5.0
 
     @classmethod
@@ -118,24 +120,18 @@ def _unpack(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     return images, labels, weights
 
 
-def _autocast(device: torch.device, enabled: bool) -> tuple[torch.autocast | None, torch.dtype | None]:
-    if device.type != "cuda" or not enabled:
-        return None, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype), dtype
-
-
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
-    amp: bool = True,
+    precision: str = "auto",
     grad_clip: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
-    """One pass over `batches`; returns (mean loss, number of examples)."""
+    """One pass over `batches`; returns (mean loss, number of examples). `scaler`: for fp16 only."""
+    precision = resolve_precision(precision, device)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     total, count = 0.0, 0.0
     for batch in batches:
@@ -143,11 +139,7 @@ def train_one_epoch(
         if images.shape[0] == 0:
             continue
         optimizer.zero_grad(set_to_none=True)
-        context, dtype = _autocast(device, amp)
-        if context is not None:
-            with context:
-                logits = model(images).reshape(-1)
-        else:
+        with autocast(precision, device):
             logits = model(images).reshape(-1)
         per_row = loss_fn(logits.float(), labels)
         if weights is not None:
@@ -157,7 +149,7 @@ def train_one_epoch(
             n_rows = float(images.shape[0])
         loss_sum = per_row.sum()
         loss = loss_sum / max(n_rows, 1.0)
-        if scaler is not None and dtype == torch.float16:
+        if scaler is not None and precision == "fp16":
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             if grad_clip:
@@ -178,9 +170,10 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def predict_batches(
-    model: nn.Module, batches: Iterable[Batch], device: torch.device, amp: bool = True
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(labels, P(AI), mean BCE loss) over `batches`, model in eval mode."""
+    precision = resolve_precision(precision, device)
     model.eval()
     labels_out: list[np.ndarray] = []
     probs_out: list[np.ndarray] = []
@@ -190,12 +183,8 @@ def predict_batches(
         images, labels, weights = _unpack(batch, device)
         if images.shape[0] == 0:
             continue
-        context, _ = _autocast(device, amp)
-        if context is not None:
-            with context:
-                logits = model(images).reshape(-1).float()
-        else:
-            logits = model(images).reshape(-1)
+        with autocast(precision, device):
+            logits = model(images).reshape(-1).float()
         if weights is not None:  # rows that failed to decode are not scored
             keep = weights > 0
             logits, labels = logits[keep], labels[keep]
@@ -277,8 +266,8 @@ def fit(
         scheduler_per_step, scheduler = scheduler, None
     else:
         scheduler_per_step = None
-    _, amp_dtype = _autocast(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    precision = resolve_precision(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     stopper = EarlyStopping(config.patience)
     result = FitResult()
 
@@ -288,13 +277,13 @@ def fit(
         set_stem_frozen(model, frozen)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, _ = train_one_epoch(
-            model, train_batches(), optimizer, scheduler, device, config.amp, config.grad_clip, scaler
+            model, train_batches(), optimizer, scheduler, device, precision, config.grad_clip, scaler
         )
         if scheduler_per_step is not None:
             scheduler_per_step.step()
         if frozen:
             set_stem_frozen(model, False)
-        labels, probs, val_loss = predict_batches(model, val_batches(), device, config.amp)
+        labels, probs, val_loss = predict_batches(model, val_batches(), device, precision)
         metrics = classification_metrics(labels, probs, config.threshold)
         improved = stopper.update(metrics["f1"], val_loss)
         record = {
