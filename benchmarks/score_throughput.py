@@ -210,6 +210,12 @@ def main(argv: list[str] | None = None) -> dict:
     out["b_model_only_per_precision"] = {p: float(np.median(r)) for p, r in rounds.items()}
     out["b_speedup_over_fp32"] = {p: v / out["b_model_only_per_precision"]["fp32"]
                                   for p, v in out["b_model_only_per_precision"].items()}  # fmt: skip
+    per_precision = [
+        f"(b) model only, {p:4s}, median of {args.rounds} {v:8.1f} img/s  ({out['b_speedup_over_fp32'][p]:.2f}x fp32;"
+        f" rounds {out['b_model_only_rounds'][p]})"
+        for p, v in out["b_model_only_per_precision"].items()
+    ]
+    print("\n".join(per_precision), flush=True)  # now: the pipeline below takes minutes
     images_b = sum(len(b) for b in batches)
     cpu = tree_cpu_seconds()
     out["b_model_only"] = model_only(batches, detector)
@@ -247,11 +253,6 @@ def main(argv: list[str] | None = None) -> dict:
     out["ratio_steady_vs_model_only"] = out["c_pipeline_steady_state"] / out["b_model_only"]
     out["ratio_end_to_end_vs_model_only"] = out["c_pipeline_end_to_end"] / out["b_model_only"]
 
-    per_precision = [
-        f"(b) model only, {p:4s}, median of {args.rounds} {v:8.1f} img/s  ({out['b_speedup_over_fp32'][p]:.2f}x fp32;"
-        f" rounds {out['b_model_only_rounds'][p]})"
-        for p, v in out["b_model_only_per_precision"].items()
-    ]
     lines = [
         f"{args.n} JPEGs {args.side}px -> {args.image_size}px, {backbone} + {input_filter} filter (untrained), "
         f"batch {args.batch_size}, {cores} cores, precision {precision} (setting {settings.precision}), "
