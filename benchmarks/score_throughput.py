@@ -1,17 +1,23 @@
 """Batch-scoring throughput: the Ray Data pipeline against a plain PyTorch loop, same images, same model.
 
-    .venv/bin/python benchmarks/score_throughput.py --n 1000 --backbone resnet18 [--json out.json]
+    .venv/bin/python benchmarks/score_throughput.py [--n 5000] [--backbone resnet18] [--set precision=fp32]
+        [--precisions fp32,bf16,fp16] [--json out.json]
 
-In one run it measures
-  (a) a plain single-process loop: read + decode + preprocess + forward, at the best torch thread count
-      (probed first); measured before and after (c) to show drift when the machine is shared;
-  (b) the model alone on preloaded tensors (the compute limit);
+The model is the configured default (`train.backbone` with `train.input_filter`: EfficientNet-Lite0 with the
+NPR filter) unless `--backbone` / `--input-filter` say otherwise; the run's precision is `precision` of the
+settings (`auto` unless `--set precision=...`), resolved on this machine. In one run it measures
+  (a) a plain single-process loop at the run's precision: read + decode + preprocess + forward, at the best
+      torch thread count (probed first); measured before and after (c) to show drift when the machine is shared;
+  (b) the model alone on preloaded tensors (the compute limit), for each of `--precisions` (default: fp32 and
+      what `auto` resolves to here) in interleaved rounds on the first `--model-only-images` images, the median
+      round reported, with each precision's speed-up over fp32;
   (c) `raydetect.score.pipeline.score_run` end to end (listing → Parquet + `_SUCCESS`, actor start-up
       included; Ray's own start-up excluded) and in steady state (rows scored between the first and the last
       model batch, from the rows' `scored_at`),
-and prints images/s for each and the ratios (c)/(a) and (c)/(b). It also prints the CPU time each spends per
-image (the pipeline's counts every process of its local Ray cluster, start-up included): on a machine shared
-with other work, throughput follows the share of CPU each gets, while CPU per image depends on it much less.
+and prints images/s for each and the ratios (c)/(a) and (c)/(b) (b at the run's precision). It also prints
+the CPU time each spends per image (the pipeline's counts every process of its local Ray cluster, start-up
+included): on a machine shared with other work, throughput follows the share of CPU each gets, while CPU per
+image depends on it much less.
 Images: N photo-like JPEGs (q90) of `--side` px, with fine noise so decoding costs what a photo costs; model:
 an untrained backbone (weights `none`; throughput does not depend on the weights).
 """
@@ -46,8 +52,9 @@ def make_images(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def plain_loop(paths: list[Path], detector, batch_size: int, keep: list | None = None) -> float:
-    """images/s of read + decode + views (the model's view policy) + forward in this process."""
+def plain_loop(paths: list[Path], detector, batch_size: int, keep: list | None = None, keep_images: int = 0) -> float:
+    """images/s of read + decode + views (the model's view policy) + forward in this process (the first
+    `keep_images` images' normalised views are appended to `keep`)."""
     from raydetect.data.images import decode_image
     from raydetect.models.views import make_views, normalize
 
@@ -56,7 +63,7 @@ def plain_loop(paths: list[Path], detector, batch_size: int, keep: list | None =
     for i in range(0, len(paths), batch_size):
         views = [make_views(decode_image(p.read_bytes()), detector.policy) for p in paths[i : i + batch_size]]
         detector.predict_images(views, max_batch=batch_size)
-        if keep is not None:
+        if keep is not None and i < keep_images:
             keep.append(normalize(np.concatenate(views), card.mean, card.std).numpy())
     return len(paths) / (time.perf_counter() - start)
 
@@ -69,6 +76,26 @@ def model_only(batches: list[np.ndarray], detector) -> float:
     for tensor in tensors:
         detector.predict(tensor)
     return sum(len(t) for t in tensors) / (time.perf_counter() - start)
+
+
+def model_only_per_precision(batches: list[np.ndarray], detectors: dict, rounds: int) -> dict[str, list[float]]:
+    """images/s of each detector (one per precision) over `batches`, in `rounds` interleaved rounds (a shared
+    machine's load then hits every precision alike), after one warm-up batch each."""
+    for detector in detectors.values():
+        detector.predict(batches[0])
+    figures: dict[str, list[float]] = {name: [] for name in detectors}
+    for _ in range(rounds):
+        for name, detector in detectors.items():
+            figures[name].append(model_only(batches, detector))
+    return figures
+
+
+def precisions_to_measure(text: str | None, run_precision: str, device: str = "cpu") -> list[str]:
+    """`fp32,auto` (default) -> resolved, de-duplicated precisions: fp32 first, the run's among them."""
+    from raydetect.models.precision import resolve_precision
+
+    names = [resolve_precision(p.strip(), device) for p in (text or "fp32,auto").split(",") if p.strip()]
+    return list(dict.fromkeys(["fp32", *names, run_precision]))
 
 
 def tree_cpu_seconds(root: int | None = None) -> float:
@@ -111,14 +138,18 @@ def steady_state(rows) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--side", type=int, default=256, help="image side in px")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--backbone", default=None, help="default: train.backbone of the settings")
+    parser.add_argument("--input-filter", default=None, help="none | npr; default: train.input_filter")
+    parser.add_argument("--precisions", default=None, help="model-only precisions (default: fp32,auto)")
+    parser.add_argument("--model-only-images", type=int, default=1024, help="images per model-only round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved model-only rounds")
     parser.add_argument(
         "--views", default="native", choices=["native", "resize"],
         help="the model card's view policy: native tiles (default) or the legacy resize + centre crop",
     )  # fmt: skip
-    parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--actors", default=None, help="MIN:MAX model actors (default: the config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
@@ -131,28 +162,32 @@ def main(argv: list[str] | None = None) -> dict:
 
     from raydetect.config import load_settings
     from raydetect.models.backbones import build_backbone
-    from raydetect.models.bundle import Detector, ModelCard, save_model
+    from raydetect.models.bundle import Detector, ModelCard, resolved_precision, save_model
     from raydetect.models.views import ViewPolicy, view_boxes
     from raydetect.score import results
     from raydetect.score.pipeline import score_run
 
     settings = load_settings(overrides=args.overrides)  # first: a bad override fails before minutes of work
+    backbone = args.backbone or settings.train.backbone
+    input_filter = args.input_filter or settings.train.input_filter
+    precision = resolved_precision("cpu", settings.precision)  # of (a) and (c)
+    precisions = precisions_to_measure(args.precisions, precision)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="score-bench-"))
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()
     paths = make_images(work / "images", args.n, args.side)
     torch.manual_seed(0)
-    model_uri = save_model(
-        build_backbone(args.backbone, "none"),
-        ModelCard(backbone=args.backbone, name=f"bench-{args.backbone}", version="0", image_size=args.image_size,
-                  views=ViewPolicy(mode=args.views, size=args.image_size).to_dict()),
-        str(work / "model"),
-    )
-    detector = Detector.load(model_uri, device="cpu")
+    card = ModelCard(
+        backbone=backbone, name=f"bench-{backbone}", version="0", image_size=args.image_size,
+        input_filter=input_filter, views=ViewPolicy(mode=args.views, size=args.image_size).to_dict(),
+    )  # fmt: skip
+    model_uri = save_model(build_backbone(backbone, "none", input_filter), card, str(work / "model"))
+    detector = Detector.load(model_uri, device="cpu", precision=precision)
     tiles = len(view_boxes(args.side, args.side, detector.policy))
-    out: dict = {"n": args.n, "side": args.side, "image_size": args.image_size, "backbone": args.backbone,
-                 "views": detector.policy.to_dict(), "views_per_image": tiles,
-                 "batch_size": args.batch_size, "cores": cores, "torch": torch.__version__}  # fmt: skip
+    out: dict = {"n": args.n, "side": args.side, "image_size": args.image_size, "backbone": backbone,
+                 "input_filter": input_filter, "views": detector.policy.to_dict(), "views_per_image": tiles,
+                 "batch_size": args.batch_size, "cores": cores, "torch": torch.__version__,
+                 "precision": precision}  # fmt: skip
 
     # (a) plain loop, best thread count (probed on a slice), warm-up included in the probe
     probe = paths[: min(len(paths), 4 * args.batch_size)]
@@ -167,12 +202,26 @@ def main(argv: list[str] | None = None) -> dict:
     out["plain_threads_probe"] = {str(k): round(v, 2) for k, v in trials.items()}
     out["plain_threads"] = best
     cpu = tree_cpu_seconds()
-    out["a_plain_loop"] = plain_loop(paths, detector, args.batch_size, keep=batches)
+    out["a_plain_loop"] = plain_loop(paths, detector, args.batch_size, keep=batches, keep_images=args.model_only_images)
     out["a_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / args.n
-    # (b) model only on preloaded tensors
+    # (b) model only on preloaded tensors, per precision (interleaved rounds), then at the run's precision
+    rounds = model_only_per_precision(
+        batches, {p: Detector(detector.model, card, torch.device("cpu"), p) for p in precisions}, args.rounds
+    )
+    out["b_model_only_rounds"] = {p: [round(v, 2) for v in r] for p, r in rounds.items()}
+    out["b_model_only_per_precision"] = {p: float(np.median(r)) for p, r in rounds.items()}
+    out["b_speedup_over_fp32"] = {p: v / out["b_model_only_per_precision"]["fp32"]
+                                  for p, v in out["b_model_only_per_precision"].items()}  # fmt: skip
+    per_precision = [
+        f"(b) model only, {p:4s}, median of {args.rounds} {v:8.1f} img/s  ({out['b_speedup_over_fp32'][p]:.2f}x fp32;"
+        f" rounds {out['b_model_only_rounds'][p]})"
+        for p, v in out["b_model_only_per_precision"].items()
+    ]
+    print("\n".join(per_precision), flush=True)  # now: the pipeline below takes minutes
+    images_b = sum(len(b) for b in batches)
     cpu = tree_cpu_seconds()
     out["b_model_only"] = model_only(batches, detector)
-    out["b_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / args.n
+    out["b_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / images_b
     del batches
 
     # (c) the Ray Data pipeline (its own local cluster of this machine's cores)
@@ -189,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         out["c_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / args.n  # driver + the whole local cluster
         rows, _ = results.read_rows(manifest["output"], ["scored_at"])
         out["c_pipeline_steady_state"] = steady_state(rows)
-        out["pipeline"] = {k: manifest[k] for k in ("actors", "batch_size", "elapsed_s", "pipeline_s")}
+        out["pipeline"] = {k: manifest[k] for k in ("actors", "batch_size", "elapsed_s", "pipeline_s", "precision")}
         out["pipeline"]["settings"] = settings.score.model_dump()
         assert manifest["counts"]["rows"] == args.n and manifest["counts"]["errors"] == 0
     finally:
@@ -208,11 +257,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     lines = [
         f"{args.n} JPEGs {args.side}px, {tiles} {args.views} view(s) of {args.image_size}px per image "
-        f"(img/s x {tiles} = views/s), {args.backbone} (untrained), batch {args.batch_size}, "
-        f"{cores} cores, load average before/after {out['load_average_before_after']}",
+        f"(img/s x {tiles} = views/s), {backbone} + {input_filter} filter (untrained), "
+        f"batch {args.batch_size}, {cores} cores, precision {precision} (setting {settings.precision}), "
+        f"load average before/after {out['load_average_before_after']}",
         f"(a) plain loop, {best} thread(s)        {out['a_plain_loop']:8.1f} img/s"
         f"  (again after (c): {out['a_plain_loop_after']:.1f}); CPU {out['a_cpu_ms_per_image']:.1f} ms/image",
-        f"(b) model only, preloaded tensors     {out['b_model_only']:8.1f} img/s"
+        *per_precision,
+        f"(b) model only, {precision:4s}, once         {out['b_model_only']:8.1f} img/s"
         f"  CPU {out['b_cpu_ms_per_image']:.1f} ms/image",
         f"(c) Ray Data pipeline, steady state   {out['c_pipeline_steady_state']:8.1f} img/s",
         f"(c) Ray Data pipeline, end to end     {out['c_pipeline_end_to_end']:8.1f} img/s"

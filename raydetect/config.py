@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULTS_RESOURCE = "defaults.yaml"
 InputFilter = Literal["none", "npr"]  # what models/filters.py can put in front of a backbone's stem
+PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16"]  # forward-pass precision (models/precision.py)
 
 
 class _Section(BaseModel):
@@ -141,6 +142,7 @@ class Settings(_Section):
     workdir: str = ".raydetect"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: PrecisionSetting = "auto"  # scoring, Serve, evaluation and training (models/precision.py)
     storage: StorageSettings = StorageSettings()
     images: ImageSettings = ImageSettings()
     benchmark: BenchmarkSettings = BenchmarkSettings()

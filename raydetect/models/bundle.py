@@ -20,6 +20,7 @@ from torch import nn
 from raydetect import storage
 from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from raydetect.models.backbones import build_backbone
+from raydetect.models.precision import autocast, resolve_precision
 from raydetect.models.views import ViewPolicy, image_logits, make_views, normalize, sigmoid
 
 FORMAT = "raydetect-model/1"
@@ -88,33 +89,46 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def resolved_precision(device: str = "auto", precision: str = "auto") -> str:
+    """The precision `Detector.load(uri, device, precision)` runs in this process."""
+    return resolve_precision(precision, resolve_device(device))
+
+
 class Detector:
     """A loaded model and its card: the one predictor that batch scoring, Serve and evaluation share.
 
     `predict_images` takes each image's uint8 views (`models.views.make_views` with `self.policy`) and gives
-    one P(AI) per image; `predict` / `logits` take preprocessed NCHW float arrays (one view each)."""
+    one P(AI) per image; `predict` / `logits` take preprocessed NCHW float arrays (one view each).
+    `precision` (auto | fp32 | bf16 | fp16, see models/precision.py) is resolved for `device` once, here;
+    `self.precision` is what the forward passes run (autocast), always fp32 output. `self.model` stays the
+    plain fp32 module (Grad-CAM takes its gradients in fp32)."""
 
-    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device, policy: ViewPolicy | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        card: ModelCard,
+        device: torch.device,
+        policy: ViewPolicy | None = None,
+        precision: str = "auto",
+    ):
         # channels_last (NHWC) convolutions: 1.1-1.6x faster on CPU here, and what tensor cores want
         self.model, self.card, self.device = model.to(memory_format=torch.channels_last), card, device
         self.policy = policy or card.view_policy
+        self.precision = resolve_precision(precision, device)
 
     @classmethod
-    def load(cls, uri: str, device: str = "auto", view_mode: str | None = None) -> Detector:
+    def load(cls, uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto") -> Detector:
         """`view_mode` (native / resize) overrides the card's view policy mode; None or `card` keeps it."""
         dev = resolve_device(device)
         model, card = load_model(uri, dev)
-        return cls(model, card, dev, card.view_policy.with_mode(view_mode))
+        return cls(model, card, dev, card.view_policy.with_mode(view_mode), precision)
 
     @torch.inference_mode()
     def logits(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """One logit per NCHW float input."""
         tensor = torch.as_tensor(batch, dtype=torch.float32).to(self.device, non_blocking=True)
         tensor = tensor.contiguous(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                out = self.model(tensor)
-        else:
+        with autocast(self.precision, self.device):
             out = self.model(tensor)
         return out.float().reshape(-1).cpu().numpy()
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 from raydetect import storage
 from raydetect.config import Settings, load_settings
 from raydetect.data.images import DecodeLimits
-from raydetect.models.bundle import ModelCard, load_card
+from raydetect.models.bundle import ModelCard, load_card, resolved_precision
 from raydetect.models.views import ViewPolicy
 from raydetect.score import results
 from raydetect.score.decision import combine_cards, normalized_weights
@@ -110,6 +110,23 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def actor_gpus(settings: Settings, num_gpus: float | None = None) -> float:
+    """GPUs per model actor: `score.actor_num_gpus` when the cluster (or `num_gpus`) has GPUs, else 0."""
+    gpus = cluster_gpus() if num_gpus is None else num_gpus
+    return settings.score.actor_num_gpus if gpus > 0 else 0.0
+
+
+def actor_precision(settings: Settings, num_gpus: float | None = None) -> str:
+    """`settings.precision` as the model actors resolve it: in a task on an actor's device, so the summary
+    records what the actors run rather than what the driver's own CPU (or lack of GPU) would pick."""
+    import ray
+
+    probe = ray.remote(resolved_precision).options(
+        num_cpus=settings.score.actor_num_cpus, num_gpus=actor_gpus(settings, num_gpus)
+    )
+    return ray.get(probe.remote(settings.device, settings.precision))
+
+
 def carried_schema(inputs: pd.DataFrame) -> pa.Schema:
     return pa.Schema.from_pandas(inputs.drop(columns=[DONE_SHA], errors="ignore"), preserve_index=False)
 
@@ -130,8 +147,7 @@ def build_dataset(
     from raydetect.data.ray_io import manifest_dataset
 
     sc = settings.score
-    gpus = cluster_gpus() if num_gpus is None else num_gpus
-    per_actor_gpus = sc.actor_num_gpus if gpus > 0 else 0.0
+    per_actor_gpus = actor_gpus(settings, num_gpus)
     schema = output_schema(carried_schema(inputs))
     ds = manifest_dataset(inputs, rows_per_block=sc.read_block_rows)
     ds = ds.map_batches(
@@ -152,6 +168,7 @@ def build_dataset(
             "weights": spec.weights,
             "loader": loader,
             "device": settings.device,
+            "precision": settings.precision,
             "num_threads": sc.torch_threads,
             "pool_size": actors[1],
             "schema": schema,
@@ -229,6 +246,7 @@ def score_run(
     reusable = int(inputs[DONE_SHA].ne("").sum())
     log.info("scoring %d inputs (%d may be reused) into %s", len(inputs), reusable, run)
 
+    precision = actor_precision(settings, num_gpus)
     fs, path = storage.pyarrow_fs(run, sset)
     t_pipeline = time.perf_counter()
     ds = build_dataset(inputs, spec, settings, batch, actor_range, loader=loader, num_gpus=num_gpus)
@@ -268,6 +286,8 @@ def score_run(
         "batch_size": batch,
         "actors": list(actor_range),
         "views": [p.to_dict() for p in spec.policies(settings.score.views)],
+        "precision": precision,
+        "precision_setting": settings.precision,
         "ray": {"cluster_cpus": ray.cluster_resources().get("CPU", 0), "cluster_gpus": cluster_gpus()},
         "counts": {
             "inputs": len(inputs),
@@ -303,6 +323,7 @@ def summarize(manifest: dict[str, Any]) -> dict[str, Any]:
         "reused": counts["reused"],
         "errors": counts["errors"],
         "error_reasons": manifest.get("error_reasons", {}),
+        "precision": manifest.get("precision"),
         "decisions": {k: counts[k] for k in ("real", "ai", "review")},
         "share_ai": round(counts["ai"] / scored, 4) if counts["scored"] else None,
         "share_review": round(counts["review"] / scored, 4) if counts["scored"] else None,

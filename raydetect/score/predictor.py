@@ -77,10 +77,11 @@ class Predictor:
     """`map_batches(Predictor, batch_format="pyarrow", compute=ActorPoolStrategy(...), fn_constructor_kwargs=...)`.
 
     members: model URIs; weights: one per member (None = equal); loader: URI -> detector (has `.card`,
-    `.policy` and `.predict_images(views) -> P(AI)`), default `Detector.load(uri, device, view_mode)`;
-    view_mode: None (each card's policy), `native` or `resize`; num_threads: torch threads (0 = this node's
-    cores / pool_size, the actor pool's maximum size); max_batch: views per forward pass; schema: the output
-    schema (from `output_schema`), so every block has the same types.
+    `.policy` and `.predict_images(views) -> P(AI)`), default `Detector.load(uri, device, view_mode,
+    precision)`; view_mode: None (each card's policy), `native` or `resize`; precision: the setting (auto |
+    fp32 | bf16 | fp16) the default loader passes on; num_threads: torch threads (0 = this node's cores /
+    pool_size, the actor pool's maximum size); max_batch: views per forward pass; schema: the output schema
+    (from `output_schema`), so every block has the same types.
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class Predictor:
         weights: Sequence[float] | None = None,
         loader: Loader | None = None,
         device: str = "auto",
+        precision: str = "auto",
         num_threads: int = 0,
         schema: pa.Schema | None = None,
         pool_size: int = 1,
@@ -96,7 +98,7 @@ class Predictor:
         max_batch: int = 32,
     ):
         torch.set_num_threads(num_threads if num_threads > 0 else auto_threads(pool_size))
-        loader = loader or partial(Detector.load, device=device, view_mode=view_mode)
+        loader = loader or partial(Detector.load, device=device, view_mode=view_mode, precision=precision)
         self.max_batch = max_batch
         self.detectors = [loader(uri) for uri in members]
         self.weights = normalized_weights(weights, len(self.detectors))

@@ -189,6 +189,7 @@ class ModelInfo(BaseModel):
     threshold: float
     review_band: list[float]
     model_uri: str
+    precision: str = Field(description="forward-pass precision the replica runs: fp32 | bf16 | fp16")
 
 
 def _replica_id() -> str:
@@ -205,12 +206,12 @@ def _replica_id() -> str:
 class DetectorModel:
     """One loaded detector per replica; dynamic batching of single-image calls."""
 
-    def __init__(self, device: str = "auto", torch_threads: int | None = None):
+    def __init__(self, device: str = "auto", torch_threads: int | None = None, precision: str = "auto"):
         import torch
 
         threads = torch_threads or max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         torch.set_num_threads(threads)
-        self.device, self.torch_threads = device, threads
+        self.device, self.torch_threads, self.precision = device, threads, precision
         self.detector = None
         self.model_uri: str | None = None
         self.revision: Any = None
@@ -232,7 +233,7 @@ class DetectorModel:
         if not uri:
             raise ValueError("DetectorModel needs user_config.model_uri (a raydetect model directory)")
         if uri != self.model_uri or config.get("revision") != self.revision or self.detector is None:
-            detector = Detector.load(uri, device=self.device)
+            detector = Detector.load(uri, device=self.device, precision=self.precision)
             with self._lock:
                 self.detector, self.model_uri, self.revision = detector, uri, config.get("revision")
                 self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -272,6 +273,7 @@ class DetectorModel:
             "revision": self.revision,
             "loaded_at": self.loaded_at,
             "device": str(self.detector.device),
+            "precision": self.detector.precision,
             "torch_threads": self.torch_threads,
             "replica": _replica_id(),
             "pid": os.getpid(),
@@ -726,7 +728,7 @@ def build_app(settings: Settings | None = None, model_uri: str | None = None) ->
         max_ongoing_requests=s.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": _gpus_per_replica(settings)},
         user_config=user_config,
-    ).bind(device=settings.device, torch_threads=s.torch_threads)
+    ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision)
     ingress = RayDetectAPI.options(
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),

@@ -1,9 +1,10 @@
 """The training loop as plain PyTorch: what each Ray Train worker runs, and what tests run without Ray.
 
-AdamW, a per-step cosine schedule (linear warm-up optional), AMP on CUDA (bf16 where supported, else fp16
-with a grad scaler), optional stem freezing for the first epochs, early stopping on validation F1
-(ties broken by validation loss), seeded. Batches are `(images, labels)` tuples or dicts with `image`, `label` and
-optionally `weight` (0 for rows that failed to decode), NCHW float32 images and 0/1 labels. Validation
+AdamW, a per-step cosine schedule (linear warm-up optional), autocast by `precision` (models/precision.py;
+`auto`: bf16 on CUDA where supported, else fp16 with a grad scaler; bf16 on CPUs with native bf16), optional
+stem freezing for the first epochs, early stopping on validation F1 (ties broken by validation loss), seeded.
+Batches are `(images, labels)` tuples or dicts with `image`, `label` and optionally `weight` (0 for rows that
+failed to decode), NCHW float32 images and 0/1 labels. Validation
 batches may carry `views` instead of `image`: each row's uint8 views (`models.views.make_views`), scored as
 batch scoring and Serve score them (normalised with `LoopConfig.mean/std`, logits aggregated by the
 `LoopConfig.views` policy), so the validation metrics are the metrics of the deployed scoring path.
@@ -23,6 +24,7 @@ from torch import nn
 
 from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from raydetect.models.backbones import stem_parameters
+from raydetect.models.precision import autocast, resolve_precision
 from raydetect.models.views import ViewPolicy, image_logits, normalize
 
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, Any]
@@ -43,7 +45,7 @@ class LoopConfig:
     min_lr_ratio: float = 0.01
     threshold: float = 0.5
     seed: int = 0
-    amp: bool = True  # only ever used on CUDA
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16, resolved for the device (models/precision.py)
     grad_clip: float | None = 5.0
     views: dict[str, Any] | None = None  # the view policy of validation batches that carry `views`
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -130,24 +132,18 @@ def _unpack(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     return images, labels, weights
 
 
-def _autocast(device: torch.device, enabled: bool) -> tuple[torch.autocast | None, torch.dtype | None]:
-    if device.type != "cuda" or not enabled:
-        return None, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype), dtype
-
-
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
-    amp: bool = True,
+    precision: str = "auto",
     grad_clip: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
-    """One pass over `batches`; returns (mean loss, number of examples)."""
+    """One pass over `batches`; returns (mean loss, number of examples). `scaler`: for fp16 only."""
+    precision = resolve_precision(precision, device)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     total, count = 0.0, 0.0
     for batch in batches:
@@ -155,11 +151,7 @@ def train_one_epoch(
         if images.shape[0] == 0:
             continue
         optimizer.zero_grad(set_to_none=True)
-        context, dtype = _autocast(device, amp)
-        if context is not None:
-            with context:
-                logits = model(images).reshape(-1)
-        else:
+        with autocast(precision, device):
             logits = model(images).reshape(-1)
         per_row = loss_fn(logits.float(), labels)
         if weights is not None:
@@ -169,7 +161,7 @@ def train_one_epoch(
             n_rows = float(images.shape[0])
         loss_sum = per_row.sum()
         loss = loss_sum / max(n_rows, 1.0)
-        if scaler is not None and dtype == torch.float16:
+        if scaler is not None and precision == "fp16":
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             if grad_clip:
@@ -189,7 +181,7 @@ def train_one_epoch(
 
 
 def _view_batch_logits(
-    model: nn.Module, batch: Mapping[str, Any], device: torch.device, amp: bool, config: LoopConfig
+    model: nn.Module, batch: Mapping[str, Any], device: torch.device, precision: str, config: LoopConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(aggregated logits, labels) of the decodable rows of a batch that carries `views`."""
     weights = batch.get("weight")
@@ -198,10 +190,7 @@ def _view_batch_logits(
 
     def forward(views: np.ndarray) -> np.ndarray:
         x = normalize(views, config.mean, config.std, device).contiguous(memory_format=torch.channels_last)
-        context, _ = _autocast(device, amp)
-        if context is None:
-            return model(x).reshape(-1).float().cpu().numpy()
-        with context:
+        with autocast(precision, device):
             return model(x).reshape(-1).float().cpu().numpy()
 
     logits = image_logits(forward, [batch["views"][i] for i in keep], config.view_policy)
@@ -210,9 +199,11 @@ def _view_batch_logits(
 
 @torch.inference_mode()
 def predict_batches(
-    model: nn.Module, batches: Iterable[Batch], device: torch.device, amp: bool = True, config: LoopConfig | None = None
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str = "auto",
+    config: LoopConfig | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(labels, P(AI), mean BCE loss) over `batches`, model in eval mode."""
+    precision = resolve_precision(precision, device)
     model.eval()
     config = config or LoopConfig()
     labels_out: list[np.ndarray] = []
@@ -221,7 +212,7 @@ def predict_batches(
     total = 0.0
     for batch in batches:
         if isinstance(batch, Mapping) and "views" in batch:
-            logits, labels = _view_batch_logits(model, batch, device, amp, config)
+            logits, labels = _view_batch_logits(model, batch, device, precision, config)
             total += float(loss_fn(logits, labels))
             labels_out.append(labels.cpu().numpy())
             probs_out.append(torch.sigmoid(logits).cpu().numpy())
@@ -229,12 +220,8 @@ def predict_batches(
         images, labels, weights = _unpack(batch, device)
         if images.shape[0] == 0:
             continue
-        context, _ = _autocast(device, amp)
-        if context is not None:
-            with context:
-                logits = model(images).reshape(-1).float()
-        else:
-            logits = model(images).reshape(-1)
+        with autocast(precision, device):
+            logits = model(images).reshape(-1).float()
         if weights is not None:  # rows that failed to decode are not scored
             keep = weights > 0
             logits, labels = logits[keep], labels[keep]
@@ -316,8 +303,8 @@ def fit(
         scheduler_per_step, scheduler = scheduler, None
     else:
         scheduler_per_step = None
-    _, amp_dtype = _autocast(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    precision = resolve_precision(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     stopper = EarlyStopping(config.patience)
     result = FitResult()
 
@@ -327,13 +314,13 @@ def fit(
         set_stem_frozen(model, frozen)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, _ = train_one_epoch(
-            model, train_batches(), optimizer, scheduler, device, config.amp, config.grad_clip, scaler
+            model, train_batches(), optimizer, scheduler, device, precision, config.grad_clip, scaler
         )
         if scheduler_per_step is not None:
             scheduler_per_step.step()
         if frozen:
             set_stem_frozen(model, False)
-        labels, probs, val_loss = predict_batches(model, val_batches(), device, config.amp, config)
+        labels, probs, val_loss = predict_batches(model, val_batches(), device, precision, config)
         metrics = classification_metrics(labels, probs, config.threshold)
         improved = stopper.update(metrics["f1"], val_loss)
         record = {

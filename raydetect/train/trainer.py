@@ -322,6 +322,7 @@ def loop_config(settings: Settings, **overrides: Any) -> LoopConfig:
         "patience": train.patience,
         "freeze_stem_epochs": train.freeze_stem_epochs,
         "seed": settings.seed,
+        "precision": settings.precision,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return LoopConfig.from_dict(values)

@@ -24,7 +24,8 @@ from raydetect import storage
 from raydetect.config import load_settings
 from raydetect.data.images import decode_image
 from raydetect.models.backbones import build_backbone
-from raydetect.models.bundle import Detector, ModelCard, save_model
+from raydetect.models.bundle import Detector
+from raydetect.models.views import ModelCard, make_views, save_model
 from raydetect.score import results
 from raydetect.score.pipeline import score_run
 from raydetect.score.predictor import CONTRACT_COLUMNS
@@ -240,3 +241,34 @@ def test_a_crashed_actor_is_restarted_and_its_batch_retried(ray_cluster: None, t
     rows = _read_run(manifest["output"])
     assert len(rows) == 12 and rows["path"].is_unique and rows["error"].isna().all()
     assert pq.read_schema(results.list_parts(manifest["output"])[0]).names[:2] == ["path", "sha256"]
+
+
+def test_the_precision_is_recorded_and_decisions_agree_with_fp32(ray_cluster: None, tmp_path: Path):
+    from raydetect.models.bundle import resolved_precision
+    from raydetect.models.precision import cpu_has_native_bf16
+
+    folder = _folder(tmp_path / "in", 8, size=48)
+    model = _model(str(tmp_path / "model"))
+    runs = {}
+    for setting in ("auto", "fp32"):
+        settings = load_settings(overrides=[*SMALL, f"precision={setting}"])
+        manifest = score_run(str(folder), model, str(tmp_path / "out"), setting, actors=(1, 1), settings=settings)
+        summary = json.loads(Path(manifest["output"], results.SUMMARY).read_text())
+        runs[setting] = (summary, _read_run(manifest["output"]).sort_values("path").reset_index(drop=True))
+
+    auto, fp32 = runs["auto"][1], runs["fp32"][1]
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"  # what auto means on this machine's CPU
+    assert runs["auto"][0]["precision"] == expected and runs["fp32"][0]["precision"] == "fp32"
+    assert resolved_precision("cpu", "auto") == expected
+    # What the actors ran: exactly the detector of that precision called directly, and close to fp32.
+    for rows, setting in ((auto, "auto"), (fp32, "fp32")):
+        detector = Detector.load(model, device="cpu", precision=setting)
+        views = [make_views(decode_image(Path(p).read_bytes()), detector.policy) for p in auto["path"]]
+        direct = detector.predict_images(views)
+        np.testing.assert_allclose(rows["prob_ai"].to_numpy(), direct, rtol=0, atol=1e-6)
+    if expected == "bf16":
+        assert not np.array_equal(auto["prob_ai"].to_numpy(), fp32["prob_ai"].to_numpy())
+    assert np.abs(auto["prob_ai"] - fp32["prob_ai"]).max() < 0.05
+    near = (fp32["prob_ai"] - 0.5).abs().lt(0.05) | (fp32["prob_ai"] - 0.4).abs().lt(0.05)
+    near |= (fp32["prob_ai"] - 0.6).abs().lt(0.05)
+    assert (auto["decision"].eq(fp32["decision"]) | near).all()

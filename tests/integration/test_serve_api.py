@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from raydetect.models.bundle import resolved_precision
 from tests.serve_support import (
     deploy,
     direct_prediction,
@@ -191,6 +192,7 @@ def test_model_info_health_docs_and_page(server):
     assert info["version"] == "1" and info["backbone"] == "tinycnn" and info["image_size"] == 64
     assert info["views"]["mode"] == "native" and info["views"]["size"] == 64
     assert info["input_filter"] == "npr"
+    assert info["precision"] == resolved_precision("cpu", "auto")  # bf16 where this CPU has it natively, else fp32
     assert info["max_batch_size"] == 16 and info["auth"] == {"api_key": False}
     assert info["limits"]["max_body_bytes"] == 1_000_000
     assert client.get("/healthz").json()["status"] == "ok"
