@@ -24,8 +24,8 @@ from raydetect import storage
 from raydetect.config import load_settings
 from raydetect.data.images import decode_image
 from raydetect.models.backbones import build_backbone
-from raydetect.models.bundle import Detector
-from raydetect.models.views import ModelCard, make_views, save_model
+from raydetect.models.bundle import Detector, ModelCard, save_model
+from raydetect.models.views import make_views
 from raydetect.score import results
 from raydetect.score.pipeline import score_run
 from raydetect.score.predictor import CONTRACT_COLUMNS
