@@ -66,14 +66,14 @@ def test_detector_falls_back_to_fp32_where_bf16_is_not_native(monkeypatch: pytes
     monkeypatch.setattr(precision, "cpu_capabilities", lambda: NO_BF16)
     fallback = Detector(model, card, CPU)  # precision auto
     assert fallback.precision == "fp32"
-    assert np.array_equal(fallback.predict(x), Detector(model, card, CPU, "fp32").predict(x))
+    assert np.array_equal(fallback.predict(x), Detector(model, card, CPU, precision="fp32").predict(x))
     monkeypatch.setattr(precision, "cpu_capabilities", lambda: {**NO_BF16, "avx512_bf16": True})
     assert Detector(model, card, CPU).precision == "bf16"
 
 
 def test_autocast_really_runs_in_bf16():
     model, card, x = _tiny()
-    fp32, bf16 = (Detector(model, card, CPU, p).predict(x) for p in ("fp32", "bf16"))
+    fp32, bf16 = (Detector(model, card, CPU, precision=p).predict(x) for p in ("fp32", "bf16"))
     assert not np.array_equal(fp32, bf16)  # bf16 rounding shows
     assert np.abs(fp32 - bf16).max() < TOLERANCE["bf16"]
     with torch.no_grad(), autocast("bf16", CPU):
@@ -115,7 +115,7 @@ def lite0_and_crops() -> tuple[torch.nn.Module, ModelCard, np.ndarray, np.ndarra
     with torch.no_grad():
         model.classifier.weight.copy_((direction * scale).float()[None])
         model.classifier.bias.fill_(float(-(centre @ direction) * scale))
-    return model, card, x, Detector(model, card, CPU, "fp32").predict(x)
+    return model, card, x, Detector(model, card, CPU, precision="fp32").predict(x)
 
 
 def _near_a_boundary(card: ModelCard, prob: np.ndarray, margin: float) -> np.ndarray:
@@ -129,7 +129,7 @@ def test_reduced_precision_keeps_fp32_decisions_off_the_boundaries(name: str, li
         pytest.skip(f"this CPU has no native {name}")
     model, card, x, fp32 = lite0_and_crops
     assert fp32.min() < 0.15 and fp32.max() > 0.85  # a spread of scores, not all near 0.5
-    low = Detector(model, card, CPU, name).predict(x)
+    low = Detector(model, card, CPU, precision=name).predict(x)
     assert np.abs(low - fp32).max() <= TOLERANCE[name]
     decided = [card.decide(float(p)) for p in fp32], [card.decide(float(p)) for p in low]
     differ = np.array([a != b for a, b in zip(*decided, strict=True)])
