@@ -188,10 +188,10 @@ class PairBuilder:
 def _run_local(
     plan: pd.DataFrame, factories: dict[str, Callable[[], GeneratorFn]], builder_kwargs: dict, progress: bool
 ) -> pd.DataFrame:
-    from tqdm.auto import tqdm
+    from raydetect.progress import progress as progress_bar
 
     parts = []
-    with tqdm(total=len(plan), desc="benchmark pairs", disable=not progress, unit="pair") as bar:
+    with progress_bar(total=len(plan), desc="benchmark pairs", disable=not progress, unit="pair") as bar:
         for name, factory in factories.items():
             part = plan[plan["generator"] == name].sort_values(["group", "pair"])
             if part.empty:

@@ -140,7 +140,8 @@ def fit_generator(
     Deterministic for `config.seed` (and a fixed `threads`). Returns `out_dir`."""
     import torch
     from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
-    from tqdm.auto import tqdm
+
+    from raydetect.progress import progress as progress_bar
 
     if not photos:
         raise ValueError("fit_generator needs at least one photo")
@@ -165,7 +166,7 @@ def fit_generator(
         t_high = max(1, int(config.t_max * config.num_train_timesteps))
         losses: list[float] = []
         unet.train()
-        bar = tqdm(range(config.steps), desc="fit-generator", disable=not progress, unit="step")
+        bar = progress_bar(range(config.steps), desc="fit-generator", disable=not progress, unit="step")
         for _ in bar:
             index = torch.randint(0, len(pool), (config.batch_size,), generator=generator)
             batch = pool[index].float() / 127.5 - 1.0
