@@ -13,6 +13,7 @@ FROM rayproject/ray:2.60.0-py311-gpu
 WORKDIR /home/ray/raydetect
 COPY --chown=ray:users pyproject.toml README.md serve_config.yaml ./
 COPY --chown=ray:users raydetect ./raydetect
+COPY --chown=ray:users jobs ./jobs
 # The image's Python already has ray 2.60; pip adds torch/torchvision (CUDA wheels) and the rest.
 RUN pip install --no-cache-dir . && raydetect version
 
