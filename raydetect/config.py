@@ -105,6 +105,9 @@ class ScoreSettings(_Section):
     actor_num_gpus: float = Field(1.0, ge=0)  # per model actor, only when the cluster has GPUs
     torch_threads: int = Field(0, ge=0)  # per model actor; 0 -> the node's cores / max_actors
     decode_num_cpus: float = Field(0.25, gt=0)  # read + decode tasks; equal to actor_num_cpus fuses them
+    # where JPEGs are decoded and cut into views: cpu (the read tasks), model (the model actor, on its
+    # device: nvJPEG + tensor ops on a GPU), auto (model when the actors get a GPU)
+    preprocess_on: Literal["auto", "cpu", "model"] = "auto"
     write_num_cpus: float = Field(0.25, gt=0)  # Parquet write tasks
     read_block_rows: int = Field(64, gt=0)  # inputs per read/decode block (2 batches: a short tail)
     rows_per_file: int = Field(1024, gt=0)  # at least this many rows per Parquet file (the last one fewer)

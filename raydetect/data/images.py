@@ -123,3 +123,62 @@ def try_decode(data: bytes, limits: DecodeLimits | None = None) -> tuple[Image.I
         return decode_image(data, limits), None
     except ImageDecodeError as exc:
         return None, str(exc)
+
+
+# --- JPEGs decoded on the model's device (GPU preprocessing) ----------------------------------------------
+
+
+def deferrable_jpeg(data: bytes, limits: DecodeLimits | None = None) -> tuple[int, int] | None:
+    """(width, height) when `data` is a JPEG the model actor may decode itself (`decode_jpegs`, nvJPEG on a
+    GPU): an allowed format, within the limits, RGB or greyscale, no EXIF rotation (nvJPEG cannot apply one).
+    None: decode it here with `decode_image` (which also says why a file is bad)."""
+    limits = limits or DecodeLimits()
+    if not data or len(data) > limits.max_bytes or sniff_format(data) != "JPEG" or "JPEG" not in limits.allowed_formats:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=["JPEG"])  # the header only
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - anything odd goes through the full decoder, which names the reason
+        return None
+    if image.mode not in ("RGB", "L") or orientation != 1 or not 0 < width * height <= limits.max_pixels:
+        return None
+    return width, height
+
+
+def decode_jpegs(blobs: list[bytes], sizes: list[tuple[int, int]], device) -> list:
+    """Decode JPEGs that passed `deferrable_jpeg` into (3, H, W) uint8 tensors on `device` (one batched nvJPEG
+    call on CUDA, libjpeg-turbo on CPU: the same pixels as `decode_image` there). A file that fails (corrupt
+    or truncated data behind a valid header, a size that disagrees with the header) gives its
+    "reason: message" string instead of a tensor; the others still decode."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    inputs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders for TorchCodec; decode_jpeg is still its batched nvJPEG path
+        warnings.simplefilter("ignore")
+        try:
+            images = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device) if inputs else []
+        except Exception:  # noqa: BLE001 - one bad file fails the whole batch: decode one by one to find it
+            images = [_decode_one(x, device) for x in inputs]
+    out = []
+    for image, (width, height) in zip(images, sizes, strict=True):
+        if isinstance(image, torch.Tensor) and tuple(image.shape) != (3, height, width):
+            image = f"corrupt: JPEG decoded to {tuple(image.shape[1:])}, its header says {height}x{width}"
+        out.append(image)
+    return out
+
+
+def _decode_one(data, device):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except Exception as exc:  # noqa: BLE001 - a reasoned error row, never a crash
+        text = str(exc)
+        reason = "truncated" if "truncat" in text.lower() or "premature" in text.lower() else "corrupt"
+        return f"{reason}: JPEG data could not be decoded ({text.strip().splitlines()[0][:200]})"

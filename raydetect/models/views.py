@@ -162,6 +162,40 @@ def make_views(image: Image.Image | np.ndarray, policy: ViewPolicy) -> np.ndarra
     return np.ascontiguousarray(views)
 
 
+def tensor_views(image: torch.Tensor, policy: ViewPolicy) -> torch.Tensor:
+    """`make_views` for a decoded (3, H, W) uint8 tensor, on its own device (GPU preprocessing): the same
+    boxes, so `native` views are the same pixels; `resize` uses torchvision's antialiased bicubic resize,
+    within a few grey levels of PIL's. Returns (N, h, w, 3) uint8, which `normalize` takes."""
+    import torch
+    from torchvision.transforms.v2 import functional as tvf
+
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    boxes = view_boxes(width, height, policy)
+    if policy.mode == "resize":
+        new_w, new_h = resize_geometry(width, height, policy.size)
+        if (new_w, new_h) != (width, height):
+            image = tvf.resize(image, [new_h, new_w], tvf.InterpolationMode.BICUBIC, antialias=True)
+        left, top = (new_w - policy.size) // 2, (new_h - policy.size) // 2
+        return image[:, top : top + policy.size, left : left + policy.size].permute(1, 2, 0)[None].contiguous()
+    hwc = image.permute(1, 2, 0)
+    views = torch.stack([hwc[top:bottom, left:right] for left, top, right, bottom in boxes])
+    short_h, short_w = max(0, policy.size - views.shape[1]), max(0, policy.size - views.shape[2])
+    if policy.small == "pad" and (short_h or short_w):
+        views = _reflect_pad(views.permute(0, 3, 1, 2).float(), short_h, short_w).to(torch.uint8).permute(0, 2, 3, 1)
+    return views.contiguous()
+
+
+def _reflect_pad(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
+    """np.pad(mode="reflect") at the bottom / right of NCHW `x`, in steps shorter than the side (as numpy)."""
+    import torch
+
+    while bottom > 0 or right > 0:
+        step_h, step_w = min(bottom, x.shape[2] - 1), min(right, x.shape[3] - 1)
+        x = torch.nn.functional.pad(x, (0, step_w, 0, step_h), mode="reflect")
+        bottom, right = bottom - step_h, right - step_w
+    return x
+
+
 def normalize(
     views: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float], device: Any = "cpu"
 ) -> torch.Tensor:
@@ -212,9 +246,21 @@ def map_views(
     for members in by_shape.values():
         for start in range(0, len(members), step):
             chunk = members[start : start + step]
-            result = np.asarray(fn(np.stack([images[i][j] for i, j in chunk])))
+            result = np.asarray(fn(_stack([images[i][j] for i, j in chunk])))
             rows.update(zip(chunk, result, strict=True))
     return [np.stack([rows[(i, j)] for j in range(len(v))]) if len(v) else np.zeros(0) for i, v in enumerate(images)]
+
+
+def _stack(views: list) -> Any:
+    """np.stack; torch.stack on the tensors' device when some views are tensors (decoded on the model's
+    device) and others arrays (decoded on CPU)."""
+    tensors = [v for v in views if not isinstance(v, np.ndarray)]
+    if not tensors:
+        return np.stack(views)
+    import torch
+
+    device = tensors[0].device
+    return torch.stack([torch.from_numpy(np.array(v)).to(device) if isinstance(v, np.ndarray) else v for v in views])
 
 
 def view_logits(

@@ -20,15 +20,16 @@ import pyarrow as pa
 
 from raydetect import storage
 from raydetect.config import StorageSettings
-from raydetect.data.images import DecodeLimits, sha256_hex, try_decode
-from raydetect.models.views import ViewError, ViewPolicy, append_views, make_views
+from raydetect.data.images import DecodeLimits, deferrable_jpeg, sha256_hex, try_decode
+from raydetect.models.views import ViewError, ViewPolicy, append_views, make_views, view_boxes
 
 DONE_SHA = "_done_sha"  # sha256 of the row a resumed run already holds for this path ("" when none)
 BYTES = "bytes"
 ERROR = "error"
 SHA256 = "sha256"
 WIDTH, HEIGHT, VIEWS = "width", "height", "views"
-INTERNAL = (DONE_SHA, BYTES)
+JPEG = "_jpeg"  # a JPEG left for the model actor to decode on its device (empty: the views are here)
+INTERNAL = (DONE_SHA, BYTES, JPEG)
 
 
 @dataclass(frozen=True)
@@ -119,17 +120,33 @@ def image_views(
         return None, image.size, f"corrupt: making the model's views failed ({type(exc).__name__}: {exc})"
 
 
+def deferred_views(
+    data: bytes, policies: Sequence[ViewPolicy], limits: DecodeLimits
+) -> tuple[tuple[int, int], int] | None:
+    """((width, height), views of the first policy) for a JPEG the model actor will decode on its device
+    (GPU preprocessing; `data.images.deferrable_jpeg`), None when it must be decoded here."""
+    size = deferrable_jpeg(data, limits)
+    if size is None:
+        return None
+    try:
+        return size, len(view_boxes(*size, policies[0]))
+    except ViewError:
+        return None  # too small: decoded here, and the error row says so
+
+
 def decode_batch(
     batch: pa.Table,
     policies: Sequence[ViewPolicy | dict],
     limits: DecodeLimits | None = None,
     storage_settings: StorageSettings | None = None,
+    defer_jpeg: bool = False,
 ) -> pa.Table:
     """`map_batches(batch_format="pyarrow")` function. Input: `path`, carried columns, optional `bytes` and
     `error` (from the data layer's reader; read here when absent), optional `_done_sha`. Output: carried
     columns + `sha256`, `error`, `width`, `height`, `views` (how many views the first policy made) and the
     views of each policy (`models.views.append_views`); rows whose sha256 equals `_done_sha` are dropped
-    (a resumed run already scored them)."""
+    (a resumed run already scored them). With `defer_jpeg`, JPEGs the model actor can decode on its device
+    keep their bytes in `_jpeg` and get no views here (GPU preprocessing: nvJPEG and tensor views there)."""
     limits = limits or DecodeLimits()
     policies = [p if isinstance(p, ViewPolicy) else ViewPolicy(**p) for p in policies]
     n = batch.num_rows
@@ -146,6 +163,8 @@ def decode_batch(
     errors: list[str | None] = []
     sizes: list[tuple[int, int] | None] = []
     views: list[list[np.ndarray | None]] = [[] for _ in policies]
+    jpegs: list[bytes] = []
+    counts: list[int | None] = []
     for i, blob in enumerate(blobs):
         if isinstance(blob, ReadFailure):
             sha, error = blob.sha256, blob.error
@@ -154,12 +173,18 @@ def decode_batch(
         if sha is not None and done[i] == sha:
             keep[i] = False  # a resumed run already holds this exact input's row
             continue
-        arrays, size = None, None
-        if error is None:
+        arrays, size, deferred = None, None, None
+        if error is None and defer_jpeg and policies:
+            deferred = deferred_views(blob, policies, limits)
+        if deferred is not None:
+            size = deferred[0]
+        elif error is None:
             arrays, size, error = image_views(blob, policies, limits)
         shas.append(sha)
         errors.append(error)
         sizes.append(size)
+        jpegs.append(blob if deferred is not None else b"")
+        counts.append(deferred[1] if deferred is not None else len(arrays[0]) if arrays else None)
         for k in range(len(policies)):
             views[k].append(arrays[k] if arrays is not None else None)
 
@@ -171,8 +196,9 @@ def decode_batch(
     out = out.append_column(ERROR, pa.array(errors, type=pa.string()))
     out = out.append_column(WIDTH, pa.array([s[0] if s else None for s in sizes], type=pa.int32()))
     out = out.append_column(HEIGHT, pa.array([s[1] if s else None for s in sizes], type=pa.int32()))
-    counts = [len(v) if v is not None else None for v in views[0]] if policies else [None] * len(shas)
     out = out.append_column(VIEWS, pa.array(counts, type=pa.int32()))
     for policy, rows in zip(policies, views, strict=True):
         out = append_views(out, policy, rows)
+    if defer_jpeg:
+        out = out.append_column(JPEG, pa.array(jpegs, type=pa.large_binary()))
     return out

@@ -127,6 +127,12 @@ def actor_precision(settings: Settings, num_gpus: float | None = None) -> str:
     return ray.get(probe.remote(settings.device, settings.precision))
 
 
+def preprocess_on(settings: Settings, per_actor_gpus: float) -> str:
+    """Where JPEGs are decoded and cut into views (`score.preprocess_on`): `cpu` or `model`."""
+    mode = settings.score.preprocess_on
+    return mode if mode != "auto" else ("model" if per_actor_gpus > 0 else "cpu")
+
+
 def carried_schema(inputs: pd.DataFrame) -> pa.Schema:
     return pa.Schema.from_pandas(inputs.drop(columns=[DONE_SHA], errors="ignore"), preserve_index=False)
 
@@ -156,6 +162,7 @@ def build_dataset(
             "policies": spec.policies(sc.views),
             "limits": DecodeLimits.from_settings(settings.images),
             "storage_settings": settings.storage,
+            "defer_jpeg": preprocess_on(settings, per_actor_gpus) == "model",
         },
         batch_size=None,
         batch_format="pyarrow",
@@ -288,6 +295,7 @@ def score_run(
         "views": [p.to_dict() for p in spec.policies(settings.score.views)],
         "precision": precision,
         "precision_setting": settings.precision,
+        "preprocess_on": preprocess_on(settings, actor_gpus(settings, num_gpus)),
         "ray": {"cluster_cpus": ray.cluster_resources().get("CPU", 0), "cluster_gpus": cluster_gpus()},
         "counts": {
             "inputs": len(inputs),
@@ -324,6 +332,7 @@ def summarize(manifest: dict[str, Any]) -> dict[str, Any]:
         "errors": counts["errors"],
         "error_reasons": manifest.get("error_reasons", {}),
         "precision": manifest.get("precision"),
+        "preprocess_on": manifest.get("preprocess_on"),
         "decisions": {k: counts[k] for k in ("real", "ai", "review")},
         "share_ai": round(counts["ai"] / scored, 4) if counts["scored"] else None,
         "share_review": round(counts["review"] / scored, 4) if counts["scored"] else None,

@@ -21,10 +21,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from raydetect.data.images import decode_jpegs
 from raydetect.models.bundle import Detector, ModelCard
-from raydetect.models.views import VIEWS_PREFIX, ViewPolicy, read_views
+from raydetect.models.views import VIEWS_PREFIX, ViewPolicy, read_views, tensor_views
 from raydetect.score.decision import combine_cards, decide_all, normalized_weights
-from raydetect.score.decode import ERROR
+from raydetect.score.decode import ERROR, HEIGHT, JPEG, VIEWS, WIDTH
 
 # The output contract (DESIGN §3), in this order; columns carried from the manifest follow.
 CONTRACT_SCHEMA = pa.schema(
@@ -105,25 +106,46 @@ class Predictor:
         self.card = combine_cards([d.card for d in self.detectors], self.weights)
         self.schema = schema
 
-    def probabilities(self, table: pa.Table) -> np.ndarray:
-        """Weighted P(AI) for the rows without an error; NaN for the others."""
+    def device_images(self, table: pa.Table, errors: list[str | None]) -> dict[int, Any]:
+        """The rows whose JPEG the CPU stage left to this actor (`score.preprocess_on`), decoded on the
+        model's device as (3, H, W) uint8 tensors; a file that fails to decode sets its row's error."""
+        if JPEG not in table.column_names:
+            return {}
+        blobs = table.column(JPEG).to_pylist()
+        rows = [i for i, b in enumerate(blobs) if b and errors[i] is None]
+        if not rows:
+            return {}
+        sizes = [(table.column(WIDTH)[i].as_py(), table.column(HEIGHT)[i].as_py()) for i in rows]
+        decoded = decode_jpegs([blobs[i] for i in rows], sizes, getattr(self.detectors[0], "device", "cpu"))
+        out = {}
+        for i, image in zip(rows, decoded, strict=True):
+            if isinstance(image, str):
+                errors[i] = image
+            else:
+                out[i] = image
+        return out
+
+    def probabilities(self, table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
+        """Weighted P(AI) for the rows without an error (NaN for the others), and each row's error."""
         n = table.num_rows
         errors = table.column(ERROR).to_pylist() if ERROR in table.column_names else [None] * n
+        on_device = self.device_images(table, errors)
         valid = np.array([e is None for e in errors], dtype=bool)
         probs = np.full(n, np.nan, dtype=np.float64)
         if not valid.any():
-            return probs
+            return probs, errors
         total = np.zeros(int(valid.sum()), dtype=np.float64)
         rows = np.flatnonzero(valid)
         for detector, weight in zip(self.detectors, self.weights, strict=True):
             views = read_views(table, detector.policy)
-            p = detector.predict_images([views[i] for i in rows], self.max_batch)
+            images = [tensor_views(on_device[i], detector.policy) if i in on_device else views[i] for i in rows]
+            p = detector.predict_images(images, self.max_batch)
             total += weight * np.asarray(p, dtype=np.float64).reshape(-1)
         probs[valid] = total
-        return probs
+        return probs, errors
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        probs = self.probabilities(table)
+        probs, errors = self.probabilities(table)
         n = table.num_rows
         now = datetime.now(UTC)
         columns: dict[str, Any] = {
@@ -133,8 +155,17 @@ class Predictor:
             "model_name": pa.array([self.card.name] * n, type=pa.string()),
             "model_version": pa.array([str(self.card.version)] * n, type=pa.string()),
             "scored_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
+            ERROR: pa.array(errors, type=pa.string()),
         }
-        base = table.drop_columns([c for c in table.column_names if c.startswith(VIEWS_PREFIX)])
+        before = table.column(ERROR).to_pylist() if ERROR in table.column_names else [None] * n
+        failed_here = [e is not None and b is None for e, b in zip(errors, before, strict=True)]
+        if any(failed_here):  # a JPEG this actor could not decode: no size, no views, like the CPU stage's rows
+            for name in (WIDTH, HEIGHT, VIEWS):
+                if name in table.column_names:
+                    values = table.column(name).to_pylist()
+                    columns[name] = pa.array([None if f else v for v, f in zip(values, failed_here, strict=True)],
+                                             type=pa.int32())  # fmt: skip
+        base = table.drop_columns([c for c in table.column_names if c.startswith(VIEWS_PREFIX) or c == JPEG])
         schema = self.schema or output_schema(base.schema)
         arrays = []
         for field in schema:

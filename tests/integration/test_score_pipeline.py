@@ -272,3 +272,22 @@ def test_the_precision_is_recorded_and_decisions_agree_with_fp32(ray_cluster: No
     near = (fp32["prob_ai"] - 0.5).abs().lt(0.05) | (fp32["prob_ai"] - 0.4).abs().lt(0.05)
     near |= (fp32["prob_ai"] - 0.6).abs().lt(0.05)
     assert (auto["decision"].eq(fp32["decision"]) | near).all()
+
+
+def test_jpegs_preprocessed_in_the_model_actors_score_like_the_cpu_stage(ray_cluster: None, tmp_path: Path):
+    """`score.preprocess_on: model` (what `auto` picks when the actors get a GPU): JPEGs travel as bytes to
+    the model actors, which decode them (nvJPEG on a GPU, libjpeg-turbo here) and cut the views with tensor
+    ops; the rows are those of the CPU stage."""
+    root = make_kaggle_dataset(tmp_path / "kaggle", n_pairs=5, size=72, fmt="JPEG", n_test=0)
+    model = _model(str(tmp_path / "model"))
+    runs = {}
+    for where in ("cpu", "model"):
+        settings = load_settings(overrides=[*SMALL, f"score.preprocess_on={where}"])
+        manifest = score_run(str(root), model, str(tmp_path / "predictions"), where, settings=settings)
+        assert manifest["preprocess_on"] == where
+        runs[where] = _read_run(manifest["output"]).sort_values("path").reset_index(drop=True)
+    cpu, on_model = runs["cpu"], runs["model"]
+    assert len(on_model) == 10 and on_model["error"].isna().all()
+    np.testing.assert_allclose(on_model["prob_ai"], cpu["prob_ai"], atol=1e-6)
+    assert on_model["decision"].tolist() == cpu["decision"].tolist()
+    assert on_model["views"].tolist() == cpu["views"].tolist()
