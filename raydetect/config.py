@@ -138,6 +138,7 @@ class ServeSettings(_Section):
     torch_threads: int | None = None  # null -> the replica's CPU share (at least 1)
     ingress_replicas: int = Field(1, gt=0)
     ingress_num_cpus: float = Field(0.25, ge=0)
+    drain_timeout_s: float = Field(30.0, ge=0)  # `raydetect serve` on SIGTERM / Ctrl-C: wait for requests in flight
     max_overlay_pixels: int = Field(16_000_000, gt=0)  # explain overlays larger than this are scaled down
 
 

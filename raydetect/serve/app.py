@@ -49,6 +49,7 @@ from raydetect.config import Settings, load_settings
 from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
 from raydetect.models.views import ViewError, ViewPolicy, make_views
 from raydetect.serve.coalesce import Coalescer
+from raydetect.serve.drain import AdmissionGate
 from raydetect.serve.security import AuditLog, bearer_token, load_api_key, request_id
 
 logger = logging.getLogger("ray.serve")
@@ -373,6 +374,8 @@ api = FastAPI(
     ),
     version="1",
 )
+_gate = AdmissionGate()  # one per ingress replica process: counts requests in flight, refuses new ones when draining
+api.middleware("http")(_gate)
 _bearer = HTTPBearer(auto_error=False, description="the API key (when one is configured)")
 _IMAGE_BODY = {
     "requestBody": {
@@ -587,6 +590,11 @@ class RayDetectAPI:
                          prob_ai=round(result["prob_ai"], 6), decision=result["decision"],
                          model_name=result["model_name"], model_version=result["model_version"], latency_ms=ms,
                          status=200)
+
+    async def drain(self) -> dict[str, int]:
+        """Handle call (not a route) from `raydetect serve` at shutdown: refuse new requests (503
+        `shutting_down`), and say how many accepted ones are still in flight."""
+        return {"in_flight": _gate.close()}
 
     # -- routes --
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -28,9 +29,10 @@ def serve(
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Serve a model over HTTP on this machine: web page at /, API at /v1, docs at /docs. Ctrl-C stops it."""
+    """Serve a model over HTTP on this machine: web page at /, API at /v1, docs at /docs. Ctrl-C or SIGTERM
+    drains it (requests in flight are answered, new ones refused) and stops."""
     from raydetect.config import load_settings
-    from raydetect.serve.local import start_local, stop_local
+    from raydetect.serve.local import drain_local, start_local, stop_local
 
     key_file = str(api_key_file.expanduser().resolve()) if api_key_file else None
     flags = {"serve.port": port, "serve.host": host, "serve.api_key_file": key_file}
@@ -42,10 +44,18 @@ def serve(
         stop_local()
         raise typer.Exit(1) from None
     typer.echo(f"Serving at {url}  (API docs: {url}docs, health: {url}healthz). Press Ctrl-C to stop.")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, Kubernetes: the same drain as Ctrl-C
     try:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        typer.echo("stopping …")
+        typer.echo("stopping: refusing new requests, answering those in flight …")
+        left = drain_local(settings.serve.drain_timeout_s)
+        if left:
+            typer.echo(f"warning: {left} requests were still in flight after {settings.serve.drain_timeout_s:g} s")
     finally:
         stop_local()
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

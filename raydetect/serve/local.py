@@ -62,6 +62,26 @@ def start_local(settings: Settings | None = None, model_uri: str | None = None, 
     return url
 
 
+def drain_local(timeout_s: float = 30.0, poll_s: float = 0.1) -> int:
+    """Close the ingress's admission gate (new requests get 503 `shutting_down`) and wait until the requests
+    it accepted have been answered, at most `timeout_s`; returns how many were still in flight then. Asks
+    through the app's handle, which reaches the local app's one ingress replica."""
+    from ray import serve
+
+    try:
+        handle = serve.get_app_handle(APP_NAME)
+    except Exception:  # noqa: BLE001 - nothing deployed (yet): nothing to drain
+        return 0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        in_flight = handle.drain.remote().result(timeout_s=max(1.0, timeout_s))["in_flight"]
+        if in_flight == 0 or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_s)
+    time.sleep(0.5)  # the last answers leave the proxy
+    return in_flight
+
+
 def stop_local() -> None:
     import ray
     from ray import serve

@@ -67,3 +67,87 @@ def test_serve_command_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path: Path)
             process.wait()
     reader.join(timeout=10)
     assert process.returncode == 0, "".join(lines[-30:])
+
+
+def _start_serve(tmp_path: Path, model: str, port: int) -> tuple[subprocess.Popen, list[str], str]:
+    process = subprocess.Popen(
+        [*RAYDETECT, "serve", "--model", model, "--port", str(port), "--set", "serve.replica_num_cpus=0.5",
+         "--set", "serve.max_replicas=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(tmp_path), cwd=tmp_path,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True).start()
+    deadline, url = time.monotonic() + 300, None
+    while time.monotonic() < deadline and process.poll() is None and url is None:
+        match = next((re.search(r"Serving at (http://\S+/)", line) for line in lines if "Serving at" in line), None)
+        url = match.group(1) if match else None
+        time.sleep(0.5)
+    assert url, "".join(lines[-30:])
+    return process, lines, url
+
+
+def _post(url: str, body: bytes) -> str:
+    """One /v1/predict: `ok`, `refused` (503 shutting_down, or no connection: never accepted) or what broke."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url + "v1/predict", data=body, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return "ok" if "prob_ai" in json.loads(response.read()) else "bad answer"
+    except urllib.error.HTTPError as exc:
+        payload = exc.read()
+        return "refused" if exc.code == 503 and b"shutting_down" in payload else f"HTTP {exc.code} {payload[:200]!r}"
+    except urllib.error.URLError as exc:
+        return "refused" if isinstance(exc.reason, ConnectionRefusedError) else f"URLError {exc.reason!r}"
+    except Exception as exc:  # noqa: BLE001 - a dropped connection mid-request is the failure we look for
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.mark.slow
+def test_sigterm_drains_requests_in_flight_and_exits_0(tmp_path: Path):
+    """`kill <pid>` (docker stop, Kubernetes) while clients are sending: every request the server accepted
+    gets its answer, later ones are refused with 503 `shutting_down`, and the process exits 0."""
+    from raydetect.serve.local import smoke_check
+    from tests.serve_support import encode, photo
+
+    model = make_model(tmp_path / "model", "tinycnn", image_size=32, version="7", views="native")
+    process, lines, url = _start_serve(tmp_path, model, free_port())
+    outcomes: list[tuple[float, float, str]] = []
+    body = encode(photo(3, (1024, 768)))
+    try:
+        smoke_check(url)
+
+        def client() -> None:
+            while True:
+                start = time.monotonic()
+                outcome = _post(url, body)
+                outcomes.append((start, time.monotonic(), outcome))
+                if outcome != "ok":
+                    return
+
+        clients = [threading.Thread(target=client, daemon=True) for _ in range(12)]
+        for thread in clients:
+            thread.start()
+        deadline = time.monotonic() + 120
+        while sum(o == "ok" for *_, o in outcomes) < 12 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sigterm_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+        for thread in clients:
+            thread.join(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    log = "".join(lines[-30:])
+    assert process.returncode == 0, log
+    broken = [o for *_, o in outcomes if o not in ("ok", "refused")]
+    assert not broken, (broken, log)
+    answered_during_drain = [o for start, end, o in outcomes if start < sigterm_at < end and o == "ok"]
+    assert answered_during_drain, (outcomes[-20:], log)  # requests were in flight when the signal came
+    assert "refusing new requests" in log
