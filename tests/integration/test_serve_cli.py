@@ -38,22 +38,8 @@ def test_serve_command_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path: Path)
 
     model = make_model(tmp_path / "model", "tinycnn", image_size=32, version="7")
     port = free_port()
-    process = subprocess.Popen(
-        [*RAYDETECT, "serve", "--model", model, "--port", str(port), "--set", "serve.replica_num_cpus=0.5",
-         "--set", "serve.max_replicas=1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(tmp_path), cwd=tmp_path,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
-    reader.start()
+    process, lines, url = _start_serve(tmp_path, model, port)
     try:
-        deadline = time.monotonic() + 300
-        url = None
-        while time.monotonic() < deadline and process.poll() is None and url is None:
-            match = next((re.search(r"Serving at (http://\S+/)", line) for line in lines if "Serving at" in line), None)
-            url = match.group(1) if match else None
-            time.sleep(0.5)
         assert url == f"http://127.0.0.1:{port}/", "".join(lines[-30:])
         body = smoke_check(url)
         assert body["model_version"] == "7" and body["decision"] in {"real", "ai", "review"}
@@ -65,7 +51,6 @@ def test_serve_command_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path: Path)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    reader.join(timeout=10)
     assert process.returncode == 0, "".join(lines[-30:])
 
 
