@@ -15,8 +15,12 @@ HTTP -> Serve proxy -> RayDetectAPI (FastAPI: auth, body limit, safe decode, cro
   `user_config["model_uri"]`; changing `user_config` (a new `model_uri`, or a new `revision` for a moved
   alias) reloads it in place through `reconfigure`, without restarting replicas. `max_batch_size` and
   `batch_wait_timeout_s` in `user_config` retune dynamic batching live (`max_batch_size: 1` turns it off).
-- Until a model registry exists, the model comes from: the builder's `model_uri`, else
-  `$RAYDETECT_MODEL_URI`, else `serve.model_uri` in the config, else `<workdir>/models/production`.
+- The model comes from (`raydetect.registry.resolve_model`): the builder's `model_uri` (a directory or a
+  registry reference such as `models:/raydetect@production` or `production`), else `$RAYDETECT_MODEL_URI`,
+  else `serve.model_uri` in the config, else the registry's `production` alias, else
+  `<workdir>/models/production`. A registry reference is resolved when the app is built, so `serve deploy`
+  after a promotion or rollback sends replicas a new `model_uri` and they reload in place; `/v1/model`
+  then names the registry version (`registry_version`, `model_ref`).
 
 `app_builder` is the `import_path` target of `serve_config.yaml` (`serve run` / `serve deploy`);
 `build_app(settings, model_uri)` is the Python entry point (tests, `raydetect serve`, benchmarks).
@@ -48,6 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from raydetect.config import Settings, load_settings
 from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
 from raydetect.models.views import ViewError, ViewPolicy, make_views
+from raydetect.registry import resolve_model
 from raydetect.serve.coalesce import Coalescer
 from raydetect.serve.security import AuditLog, bearer_token, load_api_key, request_id
 
@@ -55,7 +60,6 @@ logger = logging.getLogger("ray.serve")
 
 MODEL_DEPLOYMENT = "DetectorModel"
 INGRESS_DEPLOYMENT = "RayDetectAPI"
-MODEL_URI_ENV = "RAYDETECT_MODEL_URI"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_S = 0.01
 # Serve batches may all be in flight at once: they wait in the Coalescer, which merges them per forward pass.
@@ -82,16 +86,6 @@ DECODE_STATUS = {
 
 
 # --- plain helpers (no Ray) --------------------------------------------------------------------------
-
-
-def resolve_model_uri(settings: Settings, explicit: str | None = None) -> str:
-    """builder/CLI value > $RAYDETECT_MODEL_URI > serve.model_uri > <workdir>/models/production."""
-    from raydetect import storage
-
-    uri = explicit or os.environ.get(MODEL_URI_ENV) or settings.serve.model_uri
-    if not uri:
-        uri = str(settings.workdir_path / "models" / "production")
-    return uri if storage.is_s3(uri) else str(Path(uri).expanduser().resolve())
 
 
 def model_views(image, policy: ViewPolicy | None) -> dict[str, Any] | None:
@@ -189,6 +183,7 @@ class ModelInfo(BaseModel):
     threshold: float
     review_band: list[float]
     model_uri: str
+    registry_version: str | None = Field(None, description="the registry version answering, when from the registry")
     precision: str = Field(description="forward-pass precision the replica runs: fp32 | bf16 | fp16")
 
 
@@ -215,6 +210,8 @@ class DetectorModel:
         self.detector = None
         self.model_uri: str | None = None
         self.revision: Any = None
+        self.registry_version: str | None = None  # set when the model came from the registry
+        self.model_ref: str | None = None
         self.loaded_at: str | None = None
         self._lock = threading.Lock()  # one model call at a time: Grad-CAM hooks must not see predictions
         self.batches = 0  # forward passes of predict, and the images they carried (dynamic batching at work)
@@ -236,6 +233,7 @@ class DetectorModel:
             detector = Detector.load(uri, device=self.device, precision=self.precision)
             with self._lock:
                 self.detector, self.model_uri, self.revision = detector, uri, config.get("revision")
+                self.registry_version, self.model_ref = config.get("registry_version"), config.get("model_ref")
                 self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
             card = detector.card
             self._warm_up()
@@ -271,6 +269,8 @@ class DetectorModel:
             "created_at": card.created_at,
             "model_uri": self.model_uri,
             "revision": self.revision,
+            "registry_version": self.registry_version,
+            "model_ref": self.model_ref,
             "loaded_at": self.loaded_at,
             "device": str(self.detector.device),
             "precision": self.detector.precision,
@@ -714,11 +714,14 @@ def build_app(settings: Settings | None = None, model_uri: str | None = None) ->
             f"serve.max_ongoing_requests ({s.max_ongoing_requests}) must be >= serve.max_batch_size "
             f"({s.max_batch_size}), or batches can never fill"
         )
+    resolved = resolve_model(model_uri, settings, must_exist=False, serve=True)
     user_config = {
-        "model_uri": resolve_model_uri(settings, model_uri),
+        "model_uri": resolved.uri,
         "max_batch_size": s.max_batch_size,
         "batch_wait_timeout_s": s.batch_wait_timeout_s,
     }
+    if resolved.version is not None:
+        user_config.update(registry_version=resolved.version, model_ref=resolved.ref)
     model = DetectorModel.options(
         autoscaling_config={
             "min_replicas": s.min_replicas,
@@ -741,7 +744,7 @@ class AppArgs(BaseModel):
     """Arguments of `app_builder` (the `args:` of an application in serve_config.yaml)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model_uri: str | None = Field(None, description="model directory (local or s3://); see resolve_model_uri")
+    model_uri: str | None = Field(None, description="model directory or registry reference; see registry.resolve_model")
     config: str | None = Field(None, description="a raydetect YAML config file")
     overrides: list[str] = Field(default_factory=list, description="section.key=value overrides")
 
