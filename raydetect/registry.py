@@ -92,6 +92,10 @@ def _version(settings: Settings, version: str) -> Any:
         raise RegistryError(f"no version {version} of {settings.registry.model_name!r} in the registry") from exc
 
 
+def version_tags(settings: Settings, version: str) -> dict[str, str]:
+    return dict(_version(settings, version).tags)
+
+
 def alias_holder(settings: Settings, alias: str | None = None) -> str | None:
     """The version holding `alias` (default: registry.alias), or None."""
     from mlflow.exceptions import MlflowException
@@ -212,6 +216,13 @@ def register(
     else:
         _set_tags(settings, version, {k: v for k, v in tags.items() if k != "registered_at"})
     return version
+
+
+def auto_register(settings: Settings, model_uri: str | None, run_id: str | None, training: Any) -> str | None:
+    """What training calls where it saved a model: register it when `registry.auto_register` is on."""
+    if not settings.registry.auto_register or model_uri is None:
+        return None
+    return register(settings, model_uri, run_id=run_id, training=training)
 
 
 def attach_evaluation(settings: Settings, version: str, summary: dict[str, Any], data: str | None = None,

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from raydetect.config import Settings
+from raydetect.registry import auto_register
 from raydetect.train.trainer import FoldRun, export_model, fit_fold, labelled_rows, unique_name
 
 HOLDOUT_K = 5  # a single-fold run holds out 1/5 of the groups
@@ -203,7 +204,12 @@ def train_detector(
     if tracker is None:
         return body(None)
     with tracker.run(name, params=run_params, tags={"kind": "train"}) as run_id:
-        return body(run_id)
+        outcome = body(run_id)
+        version = auto_register(settings, outcome.model_uri, run_id, labelled_rows(df))
+        if version is not None:
+            tracker.set_tags({"registry_version": version})
+            outcome.extra["registry_version"] = version
+        return outcome
 
 
 def compare_variants(
