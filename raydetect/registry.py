@@ -178,6 +178,8 @@ def figures(tags: dict[str, str]) -> Figures:
         return Figures(metrics, tags.get("eval.data"), "evaluation", number("eval.fairness_gap"),
                        number("eval.robustness_drop"))
     metrics = {k[7:]: float(v) for k, v in tags.items() if k.startswith("metric.")}
+    if "auc" in metrics:  # training's validation metrics say `auc` for what evaluation calls `auc_roc`
+        metrics.setdefault("auc_roc", metrics["auc"])
     return Figures(metrics, tags.get("data_fingerprint"), "card")
 
 

@@ -119,3 +119,21 @@ def test_resolution_falls_back_to_the_workdir_without_a_registry(tmp_path: Path)
         registry.resolve_model_uri(str(tmp_path / "nowhere"), settings)
     nowhere = str(tmp_path / "nowhere")
     assert registry.resolve_model_uri(nowhere, settings, must_exist=False) == nowhere
+
+
+def test_figures_and_gates_from_tags_and_an_evaluation_summary():
+    from raydetect.gates import check_gates, robustness_drop
+
+    card = registry.figures({"metric.f1": "0.8", "metric.auc": "0.9", "data_fingerprint": "abc"})
+    assert (card.source, card.data, card.metrics["auc_roc"]) == ("card", "abc", 0.9)
+    summary = {"overall": {"f1": 0.75, "auc_roc": 0.8},
+               "groups": {"processing": [{"processing": "none", "accuracy": 0.9, "n": 10},
+                                         {"processing": "jpeg", "accuracy": 0.5, "n": 30},
+                                         {"processing": "blur", "accuracy": 0.7, "n": 10}]}}  # fmt: skip
+    assert robustness_drop(summary) == pytest.approx(0.9 - (0.5 * 30 + 0.7 * 10) / 40)
+    evaluated = registry.figures(registry.evaluation_tags(summary, data="d"))
+    assert evaluated.source == "evaluation" and evaluated.fairness_gap is None
+    gates = {g.name: g for g in check_gates(evaluated, card, load_settings().registry.gates)}
+    assert gates["max_robustness_drop"].passed is False  # 0.41 > 0.3
+    assert gates["max_drop"].passed and "different data" in gates["max_drop"].detail  # d vs abc: not compared
+    assert gates["max_fairness_gap"].passed and gates["min_f1"].passed
