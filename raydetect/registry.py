@@ -5,8 +5,9 @@ directory stays the format) and carries tags: the card's metrics (`metric.*`), t
 the training data's fingerprint and generators, the code version, and, once an evaluation report is
 attached, its metrics (`eval.*`), fairness gap and robustness drop. The alias `registry.alias`
 (`production`) marks the version that serves; promotion passes the gates of `raydetect/gates.py`.
-History: the registered model's tag `alias_history` (the holders, oldest first) and each version's
-`promoted_at` / `demoted_at` / `archived_at` / `force_reason` tags.
+History: the registered model's tags `alias_history` (the holders, oldest first: what a rollback pops) and
+`alias_log` (every change, append-only), and each version's `promoted_at` / `demoted_at` / `archived_at` /
+`force_reason` tags.
 
 `resolve_model_uri` is the one function that turns a model reference into a directory, for score, Serve
 and evaluate: a directory, `models:/NAME@ALIAS`, `models:/NAME/VERSION`, or a bare alias (`production`).
@@ -28,7 +29,9 @@ from raydetect.config import Settings, load_settings
 from raydetect.gates import Figures, Gate, check_gates, fairness_gap, robustness_drop
 
 MODEL_URI_ENV = "RAYDETECT_MODEL_URI"
-HISTORY_TAG = "alias_history"
+HISTORY_TAG = "alias_history"  # the serving alias's holders, oldest first (a rollback pops the last)
+LOG_TAG = "alias_log"  # every change of the serving alias, append-only (oldest dropped past the tag limit)
+LOG_LIMIT = 90_000  # characters; MLflow's registry tag values hold 100,000
 EVAL_METRICS = ("accuracy", "precision", "recall", "f1", "auc_roc", "average_precision", "n")
 
 
@@ -245,10 +248,20 @@ def _history(settings: Settings) -> list[str]:
     return json.loads(model.tags.get(HISTORY_TAG, "[]"))
 
 
-def _set_holder(settings: Settings, version: str, history: list[str]) -> None:
+def alias_log(settings: Settings) -> list[dict[str, str]]:
+    """Every change of the serving alias: {at, action (promote / force / rollback), version, from}."""
+    model = client(settings).get_registered_model(settings.registry.model_name)
+    return json.loads(model.tags.get(LOG_TAG, "[]"))
+
+
+def _set_holder(settings: Settings, version: str, history: list[str], action: str, previous: str | None) -> None:
     mlflow_client, name = client(settings), settings.registry.model_name
     mlflow_client.set_registered_model_alias(name, settings.registry.alias, str(version))
     mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    log = [*alias_log(settings), {"at": _now(), "action": action, "version": str(version), "from": previous or ""}]
+    while len(json.dumps(log)) > LOG_LIMIT:
+        log.pop(0)
+    mlflow_client.set_registered_model_tag(name, LOG_TAG, json.dumps(log))
 
 
 def _now() -> str:
@@ -274,7 +287,8 @@ def promote(settings: Settings, version: str, *, force: bool = False, reason: st
         record.update(forced="true", force_reason=reason or "")
     _set_tags(settings, version, {**record, "promoted_at": _now(), "promoted_from": previous or ""})
     if previous != str(version):
-        _set_holder(settings, version, [*_history(settings), str(version)])
+        action = "force" if force and not outcome.passed else "promote"
+        _set_holder(settings, version, [*_history(settings), str(version)], action, previous)
         if previous is not None:
             _set_tags(settings, previous, {"demoted_at": _now()})
     return outcome
@@ -293,7 +307,7 @@ def rollback(settings: Settings) -> tuple[str, str]:
     if not history:
         raise RegistryError(f"version {current} is the first holder of {settings.registry.alias!r}: no previous")
     target = history[-1]
-    _set_holder(settings, target, history)
+    _set_holder(settings, target, history, "rollback", current)
     _set_tags(settings, current, {"demoted_at": _now(), "rolled_back_at": _now()})
     _set_tags(settings, target, {"restored_at": _now()})
     return current, target

@@ -106,6 +106,9 @@ def test_lifecycle_register_promote_gates_force_rollback_archive(workdir):
     result = _cli(flags, "rollback")
     assert result.exit_code == 0 and "version 2 -> 1" in result.output
     assert _cli(flags, "rollback").exit_code == 2  # version 1 was the first holder
+    log = [(e["action"], e["version"], e["from"]) for e in registry.alias_log(settings)]
+    assert log == [("promote", "1", ""), ("promote", "2", "1"), ("force", "3", "2"), ("rollback", "2", "3"),
+                   ("rollback", "1", "2")]  # fmt: skip
 
 
 def test_resolution_falls_back_to_the_workdir_without_a_registry(tmp_path: Path):
