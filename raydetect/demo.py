@@ -1,8 +1,9 @@
 """`raydetect demo` (what `make demo` runs): every stage end to end on the embedded defaults.
 
 offline benchmark (built once) -> verify -> train a small model (Ray Train) -> batch-score the test split
-(Ray Data) -> evaluation report (HTML) -> a Serve smoke call on the trained model. Each stage prints where
-its output went; a re-run reuses the benchmark and retrains/re-scores quickly.
+(Ray Data) -> evaluation report (HTML) -> registry: promote the model through the gates -> a Serve smoke
+call on the trained model. Each stage prints where its output went; a re-run reuses the benchmark and
+retrains/re-scores quickly.
 """
 
 from __future__ import annotations
@@ -63,12 +64,12 @@ def run_demo(
     connect()  # workers' progress bars and epoch reports reach the terminal
 
     overrides = {"n_pairs": n_pairs} if n_pairs else {}
-    bench = _stage("1/6 offline benchmark", out, lambda: build_from_settings(bench_root, settings, **overrides), log)
+    bench = _stage("1/7 offline benchmark", out, lambda: build_from_settings(bench_root, settings, **overrides), log)
     out.outputs["benchmark"] = bench_root
     out.outputs["benchmark preview"] = str(Path(bench_root) / "benchmark_preview.png")
     log(f"benchmark: {bench_root} ({'built' if bench.built else 'reused'} in {bench.seconds:.0f} s)")
 
-    report = _stage("2/6 verify (quality + shortcut audit)", out, lambda: verify(bench_root, "train", settings), log)
+    report = _stage("2/7 verify (quality + shortcut audit)", out, lambda: verify(bench_root, "train", settings), log)
     verify_json = str(workdir / "reports" / "verify.json")
     write_report(report, verify_json, settings)
     log(summary_text(report))
@@ -77,7 +78,7 @@ def run_demo(
         raise SystemExit(f"the benchmark failed verification: {report['blocking']}")
 
     outcome = _stage(
-        "3/6 train (Ray Train)",
+        "3/7 train (Ray Train)",
         out,
         lambda: train_detector(bench_root, settings, cv=1, output=model_dir, name=version),
         log,
@@ -87,7 +88,7 @@ def run_demo(
     out.outputs["mlflow"] = settings.mlflow_uri()
 
     manifest = _stage(
-        "4/6 batch-score the test split (Ray Data)",
+        "4/7 batch-score the test split (Ray Data)",
         out,
         lambda: score_run(bench_root, model_dir, predictions, run_id, split="test", settings=settings),
         log,
@@ -99,7 +100,7 @@ def run_demo(
 
     html = str(workdir / "reports" / "evaluation.html")
     summary = _stage(
-        "5/6 evaluation report",
+        "5/7 evaluation report",
         out,
         lambda: write_evaluation(
             out.outputs["predictions"],
@@ -112,6 +113,11 @@ def run_demo(
     )
     out.outputs["evaluation report"] = html
     out.headline = {k: summary["overall"][k] for k in ("n", "accuracy", "f1", "auc_roc")}
+
+    out.outputs["registry"] = _stage(
+        "6/7 registry: promote through the gates", out,
+        lambda: promote_demo_model(settings, outcome, summary, f"{bench_root} (test)", html, log), log,
+    )  # fmt: skip
 
     if serve_check:
 
@@ -137,7 +143,7 @@ def run_demo(
             finally:
                 serve.shutdown()
 
-        _stage("6/6 Serve smoke call", out, serve_once, log)
+        _stage("7/7 Serve smoke call", out, serve_once, log)
 
     log("\n=== outputs ===")
     for name, where in out.outputs.items():
@@ -149,3 +155,21 @@ def run_demo(
         json.dumps({"outputs": out.outputs, "timings_s": out.timings_s, "headline": out.headline}, indent=2)
     )
     return out
+
+
+def promote_demo_model(settings: Settings, outcome: Any, summary: dict, data: str, report: str,
+                       log: Callable[[str], None]) -> str:
+    """Register the demo's model (training did when `registry.auto_register` is on), attach its evaluation,
+    promote it through the gates (a refusal is reported, not raised) and print the registry table."""
+    from raydetect import registry
+    from raydetect.registry_cli import format_table
+
+    version = outcome.extra.get("registry_version") or registry.register(settings, outcome.model_uri)
+    registry.attach_evaluation(settings, version, summary, data, report)
+    promotion = registry.promote(settings, version)
+    for gate in promotion.gates:
+        log(gate.line())
+    verdict = "promoted" if promotion.passed else "refused: " + ", ".join(g.name for g in promotion.failed)
+    log(f"version {version}: {verdict}")
+    log(format_table(registry.list_versions(settings)))
+    return f"{settings.registry.model_name} version {version} ({verdict})"
