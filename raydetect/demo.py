@@ -64,12 +64,12 @@ def run_demo(
     connect()  # workers' progress bars and epoch reports reach the terminal
 
     overrides = {"n_pairs": n_pairs} if n_pairs else {}
-    bench = _stage("1/7 offline benchmark", out, lambda: build_from_settings(bench_root, settings, **overrides), log)
+    bench = _stage("1/6 offline benchmark", out, lambda: build_from_settings(bench_root, settings, **overrides), log)
     out.outputs["benchmark"] = bench_root
     out.outputs["benchmark preview"] = str(Path(bench_root) / "benchmark_preview.png")
     log(f"benchmark: {bench_root} ({'built' if bench.built else 'reused'} in {bench.seconds:.0f} s)")
 
-    report = _stage("2/7 verify (quality + shortcut audit)", out, lambda: verify(bench_root, "train", settings), log)
+    report = _stage("2/6 verify (quality + shortcut audit)", out, lambda: verify(bench_root, "train", settings), log)
     verify_json = str(workdir / "reports" / "verify.json")
     write_report(report, verify_json, settings)
     log(summary_text(report))
@@ -78,7 +78,7 @@ def run_demo(
         raise SystemExit(f"the benchmark failed verification: {report['blocking']}")
 
     outcome = _stage(
-        "3/7 train (Ray Train)",
+        "3/6 train (Ray Train)",
         out,
         lambda: train_detector(bench_root, settings, cv=1, output=model_dir, name=version),
         log,
@@ -88,7 +88,7 @@ def run_demo(
     out.outputs["mlflow"] = settings.mlflow_uri()
 
     manifest = _stage(
-        "4/7 batch-score the test split (Ray Data)",
+        "4/6 batch-score the test split (Ray Data)",
         out,
         lambda: score_run(bench_root, model_dir, predictions, run_id, split="test", settings=settings),
         log,
@@ -100,7 +100,7 @@ def run_demo(
 
     html = str(workdir / "reports" / "evaluation.html")
     summary = _stage(
-        "5/7 evaluation report",
+        "5/6 evaluation report",
         out,
         lambda: write_evaluation(
             out.outputs["predictions"],
@@ -115,7 +115,7 @@ def run_demo(
     out.headline = {k: summary["overall"][k] for k in ("n", "accuracy", "f1", "auc_roc")}
 
     out.outputs["registry"] = _stage(
-        "6/7 registry: promote through the gates", out,
+        "registry: promote through the gates", out,
         lambda: promote_demo_model(settings, outcome, summary, f"{bench_root} (test)", html, log), log,
     )  # fmt: skip
 
@@ -143,7 +143,7 @@ def run_demo(
             finally:
                 serve.shutdown()
 
-        _stage("7/7 Serve smoke call", out, serve_once, log)
+        _stage("6/6 Serve smoke call", out, serve_once, log)
 
     log("\n=== outputs ===")
     for name, where in out.outputs.items():

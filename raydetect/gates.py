@@ -42,9 +42,14 @@ def _finite(value: Any) -> float | None:
 
 
 def fairness_gap(summary: dict[str, Any]) -> float | None:
-    """The largest accuracy gap between `category` groups of an evaluation summary (or its own figure)."""
+    """The fairness gap of an evaluation summary: its own `fairness_gap`, else the equalized-odds difference
+    across `category` (`fairness.equalized_odds_difference`, when the report computes it), else the largest
+    accuracy gap between `category` groups."""
     if _finite(summary.get("fairness_gap")) is not None:
         return float(summary["fairness_gap"])
+    fairness = summary.get("fairness") or {}
+    if isinstance(fairness, dict) and _finite(fairness.get("equalized_odds_difference")) is not None:
+        return float(fairness["equalized_odds_difference"])
     rows = [r for r in summary.get("groups", {}).get("category", []) if _finite(r.get("accuracy")) is not None]
     if len(rows) < 2:
         return None
@@ -53,10 +58,14 @@ def fairness_gap(summary: dict[str, Any]) -> float | None:
 
 
 def robustness_drop(summary: dict[str, Any]) -> float | None:
-    """Accuracy on unprocessed images minus that on processed ones (n-weighted), from the `processing`
-    groups of an evaluation summary (or its own figure)."""
+    """The robustness drop of an evaluation summary: its own `robustness_drop`, else the largest
+    `accuracy_drop` of its perturbation sweep (`robustness` rows, when the report runs one), else accuracy
+    on unprocessed images minus that on processed ones (n-weighted `processing` groups)."""
     if _finite(summary.get("robustness_drop")) is not None:
         return float(summary["robustness_drop"])
+    sweep = [_finite(r.get("accuracy_drop")) for r in summary.get("robustness") or []]
+    if any(d is not None for d in sweep):
+        return max(d for d in sweep if d is not None)
     rows = [r for r in summary.get("groups", {}).get("processing", []) if _finite(r.get("accuracy")) is not None]
     clean = [r for r in rows if str(r.get("processing")) == "none"]
     processed = [r for r in rows if str(r.get("processing")) != "none"]

@@ -125,7 +125,7 @@ def test_resolution_falls_back_to_the_workdir_without_a_registry(tmp_path: Path)
 
 
 def test_figures_and_gates_from_tags_and_an_evaluation_summary():
-    from raydetect.gates import check_gates, robustness_drop
+    from raydetect.gates import check_gates, fairness_gap, robustness_drop
 
     card = registry.figures({"metric.f1": "0.8", "metric.auc": "0.9", "data_fingerprint": "abc"})
     assert (card.source, card.data, card.metrics["auc_roc"]) == ("card", "abc", 0.9)
@@ -140,3 +140,7 @@ def test_figures_and_gates_from_tags_and_an_evaluation_summary():
     assert gates["max_robustness_drop"].passed is False  # 0.41 > 0.3
     assert gates["max_drop"].passed and "different data" in gates["max_drop"].detail  # d vs abc: not compared
     assert gates["max_fairness_gap"].passed and gates["min_f1"].passed
+    # the evaluation report's own fairness and robustness figures win when it has them
+    richer = {**summary, "fairness": {"equalized_odds_difference": 0.3},
+              "robustness": [{"perturbation": "clean", "accuracy_drop": 0.0}, {"accuracy_drop": 0.12}]}
+    assert (fairness_gap(richer), robustness_drop(richer)) == (0.3, 0.12)
