@@ -17,7 +17,6 @@ from typing import Any
 import pandas as pd
 
 from raydetect.config import Settings
-from raydetect.registry import auto_register
 from raydetect.train.trainer import FoldRun, export_model, fit_fold, labelled_rows, unique_name
 
 HOLDOUT_K = 5  # a single-fold run holds out 1/5 of the groups
@@ -203,6 +202,8 @@ def train_detector(
 
     if tracker is None:
         return body(None)
+    from raydetect.registry import auto_register
+
     with tracker.run(name, params=run_params, tags={"kind": "train"}) as run_id:
         outcome = body(run_id)
         version = auto_register(settings, outcome.model_uri, run_id, labelled_rows(df))
