@@ -60,7 +60,11 @@ def check(
     overrides: SetOption = None,
 ) -> None:
     """Re-evaluate production; print "retrain" (exit 1) on a metric drop, drift or an unseen generator."""
-    verdict = run_check(data, split, predictions, reference, output, ray_address, settings_from(config, overrides))
+    try:
+        verdict = run_check(data, split, predictions, reference, output, ray_address, settings_from(config, overrides))
+    except (ValueError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     for reason in verdict["reasons"]:
         typer.echo(f"reason: {reason}")
     typer.echo(json.dumps({k: verdict[k] for k in ("decision", "version", "metrics", "registered")}, default=float))

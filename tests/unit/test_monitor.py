@@ -100,14 +100,16 @@ def test_monitor_check_says_retrain_on_an_unseen_generator_and_a_metric_drop(tmp
     settings = _registry_settings(tmp_path)
     train_root = make_kaggle_dataset(tmp_path / "train", n_pairs=8, size=32)
     training = read_manifest(train_root, "train", settings)
+    flags = ["--split", "train", "--set", f"workdir={tmp_path}",
+             "--set", f"tracking.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+    same = _predictions_for(training, tmp_path / "p" / "run=same")
+    result = runner.invoke(app, ["monitor", "check", "--data", str(train_root), "--predictions", same, *flags])
+    assert result.exit_code == 2 and "not in the registry" in result.output  # nothing serves yet
     card = ModelCard(backbone="tinycnn", version="m1", image_size=32, metrics={"f1": 0.9, "auc_roc": 0.95})
     model = save_model(build_backbone("tinycnn"), card, str(tmp_path / "m1"))
     version = registry.register(settings, model, training=training)
     assert registry.promote(settings, version).passed
 
-    flags = ["--split", "train", "--set", f"workdir={tmp_path}",
-             "--set", f"tracking.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
-    same = _predictions_for(training, tmp_path / "p" / "run=same")
     result = runner.invoke(app, ["monitor", "check", "--data", str(train_root), "--predictions", same, *flags])
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith("ok")
