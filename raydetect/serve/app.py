@@ -20,7 +20,9 @@ HTTP -> Serve proxy -> RayDetectAPI (FastAPI: auth, body limit, safe decode, cro
   else `serve.model_uri` in the config, else the registry's `production` alias, else
   `<workdir>/models/production`. A registry reference is resolved when the app is built, so `serve deploy`
   after a promotion or rollback sends replicas a new `model_uri` and they reload in place; `/v1/model`
-  then names the registry version (`registry_version`, `model_ref`).
+  then names the registry version (`registry_version`, `model_ref`). A `models:/` reference written into
+  `user_config.model_uri` itself (serve_config.yaml) is looked up by each replica in `reconfigure`, in the
+  registry the builder's settings name: bumping `revision` then picks up a promotion or rollback in place.
 
 `app_builder` is the `import_path` target of `serve_config.yaml` (`serve run` / `serve deploy`);
 `build_app(settings, model_uri)` is the Python entry point (tests, `raydetect serve`, benchmarks).
@@ -201,12 +203,14 @@ def _replica_id() -> str:
 class DetectorModel:
     """One loaded detector per replica; dynamic batching of single-image calls."""
 
-    def __init__(self, device: str = "auto", torch_threads: int | None = None, precision: str = "auto"):
+    def __init__(self, device: str = "auto", torch_threads: int | None = None, precision: str = "auto",
+                 registry_uri: str | None = None):
         import torch
 
         threads = torch_threads or max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         torch.set_num_threads(threads)
         self.device, self.torch_threads, self.precision = device, threads, precision
+        self.registry_uri = registry_uri  # where user_config's `models:/` references are looked up
         self.detector = None
         self.model_uri: str | None = None
         self.revision: Any = None
@@ -222,24 +226,34 @@ class DetectorModel:
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this at start and on every `user_config` change: (re)load the model if its URI or
-        revision changed, and retune dynamic batching."""
+        revision changed, and retune dynamic batching. A `models:/` reference in `model_uri` is looked up
+        in the registry now, so a new `revision` picks up a promotion or rollback in place."""
         from raydetect.models.bundle import Detector
 
         config = dict(config or {})
-        uri = config.get("model_uri")
-        if not uri:
+        if not config.get("model_uri"):
             raise ValueError("DetectorModel needs user_config.model_uri (a raydetect model directory)")
+        uri, version, ref = self._resolve(config)
         if uri != self.model_uri or config.get("revision") != self.revision or self.detector is None:
             detector = Detector.load(uri, device=self.device, precision=self.precision)
             with self._lock:
                 self.detector, self.model_uri, self.revision = detector, uri, config.get("revision")
-                self.registry_version, self.model_ref = config.get("registry_version"), config.get("model_ref")
+                self.registry_version, self.model_ref = version, ref
                 self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
             card = detector.card
             self._warm_up()
             logger.info("DetectorModel loaded %s %s from %s on %s", card.name, card.version, uri, detector.device)
         self.predict.set_max_batch_size(int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
         self.predict.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S)))
+
+    def _resolve(self, config: dict[str, Any]) -> tuple[str, str | None, str | None]:
+        """(directory, registry version, reference) of user_config's model."""
+        uri = str(config["model_uri"])
+        if not uri.startswith("models:/"):
+            return uri, config.get("registry_version"), config.get("model_ref")
+        overrides = {"tracking": {"mlflow_uri": self.registry_uri}} if self.registry_uri else None
+        resolved = resolve_model(uri, load_settings(overrides=overrides))
+        return resolved.uri, resolved.version, uri
 
     def _warm_up(self) -> None:
         """One prediction and the Grad-CAM imports now, so the first caller does not pay for them."""
@@ -731,7 +745,8 @@ def build_app(settings: Settings | None = None, model_uri: str | None = None) ->
         max_ongoing_requests=s.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": _gpus_per_replica(settings)},
         user_config=user_config,
-    ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision)
+    ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision,
+           registry_uri=settings.mlflow_uri())
     ingress = RayDetectAPI.options(
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ray import serve
 
 from raydetect import registry
 from tests.serve_support import deploy, make_model, serve_instance, settings_for_tests, wait_ready
@@ -37,3 +38,27 @@ def test_serve_answers_with_the_production_version_and_follows_a_rollback(ray_cl
         after = httpx.get(f"{url}/v1/model", timeout=60).json()
         assert (after["registry_version"], after["version"], after["model_uri"]) == ("1", "m1", first)
         assert after["image_size"] == 64
+
+        # a models:/ reference in user_config itself: the replica looks it up; a new revision re-resolves it
+        serve.delete("raydetect")
+        deploy_reference(settings, revision=1)
+        wait_ready(url + "/ref")
+        held = httpx.get(f"{url}/ref/v1/model", timeout=60).json()
+        assert (held["registry_version"], held["model_ref"]) == ("1", "models:/raydetect@production")
+        assert registry.promote(settings, "2", force=True, reason="back to m2").forced
+        deploy_reference(settings, revision=2)
+        moved = httpx.get(f"{url}/ref/v1/model", timeout=60).json()
+        assert (moved["registry_version"], moved["version"], moved["image_size"]) == ("2", "m2", 48)
+        assert moved["revision"] == 2  # (in-place reloads of a user_config change: test_serve_config.py)
+
+
+def deploy_reference(settings, revision: int) -> None:
+    from raydetect.serve.app import DetectorModel, IngressOptions, RayDetectAPI
+
+    model = DetectorModel.options(
+        num_replicas=1, ray_actor_options={"num_cpus": 0.5},
+        user_config={"model_uri": "models:/raydetect@production", "revision": revision},
+    ).bind(device="cpu", torch_threads=1, registry_uri=settings.mlflow_uri())  # fmt: skip
+    options = IngressOptions.from_settings(settings)
+    ingress = RayDetectAPI.options(ray_actor_options={"num_cpus": 0.1}).bind(model, options)
+    serve.run(ingress, name="ref", route_prefix="/ref")
