@@ -226,12 +226,12 @@ class DetectorModel:
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this at start and on every `user_config` change: (re)load the model if its URI or
-        revision changed, and retune dynamic batching. A `models:/` reference in `model_uri` is looked up
-        in the registry now, so a new `revision` picks up a promotion or rollback in place."""
+        revision changed, and retune dynamic batching."""
         from raydetect.models.bundle import Detector
 
         config = dict(config or {})
-        if not config.get("model_uri"):
+        uri = config.get("model_uri")
+        if not uri:
             raise ValueError("DetectorModel needs user_config.model_uri (a raydetect model directory)")
         uri, version, ref = self._resolve(config)
         if uri != self.model_uri or config.get("revision") != self.revision or self.detector is None:
@@ -247,7 +247,8 @@ class DetectorModel:
         self.predict.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S)))
 
     def _resolve(self, config: dict[str, Any]) -> tuple[str, str | None, str | None]:
-        """(directory, registry version, reference) of user_config's model."""
+        """(directory, registry version, reference) of user_config's model. A `models:/` reference is looked
+        up in the registry now, so a new `revision` picks up a promotion or rollback in place."""
         uri = str(config["model_uri"])
         if not uri.startswith("models:/"):
             return uri, config.get("registry_version"), config.get("model_ref")
