@@ -55,6 +55,12 @@ app.add_typer(data_cli.app, name="data")
 from raydetect.evaluate import cli as evaluate_cli  # noqa: E402
 
 app.command("evaluate")(evaluate_cli.evaluate)
+from raydetect import registry_cli  # noqa: E402
+
+app.add_typer(registry_cli.app, name="model")
+from raydetect.monitor import cli as monitor_cli  # noqa: E402
+
+app.add_typer(monitor_cli.app, name="monitor")
 from raydetect.score import cli as score_cli  # noqa: E402
 
 app.command("score")(score_cli.score)

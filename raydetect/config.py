@@ -123,7 +123,7 @@ class ServeSettings(_Section):
     port: int = 8000
     max_body_bytes: int = Field(25 * 1024 * 1024, gt=0)
     max_batch_images: int = Field(16, gt=0)
-    # Until a model registry exists: null -> $RAYDETECT_MODEL_URI, then <workdir>/models/production.
+    # null -> $RAYDETECT_MODEL_URI, then the registry's production alias, then <workdir>/models/production.
     model_uri: str | None = None
     api_key_file: str | None = None  # secret file (first line); $RAYDETECT_API_KEY wins; neither -> auth off
     audit_log: str | None = None  # JSON lines; null -> <workdir>/serve/audit.jsonl; "-" -> not written
@@ -142,6 +142,35 @@ class ServeSettings(_Section):
     max_overlay_pixels: int = Field(16_000_000, gt=0)  # explain overlays larger than this are scaled down
 
 
+class GateSettings(_Section):
+    """What `raydetect model promote` asks of a version (raydetect/gates.py); null switches a gate off."""
+
+    min_metrics: dict[str, float] = {"f1": 0.7, "auc_roc": 0.75}  # floors on the version's evaluation
+    max_drop: dict[str, float] = {"f1": 0.02, "auc_roc": 0.02}  # vs production, on the same data
+    max_fairness_gap: float | None = Field(0.2, ge=0)  # accuracy gap between categories
+    max_robustness_drop: float | None = Field(0.3, ge=0)  # accuracy unprocessed minus processed
+
+
+class RegistrySettings(_Section):
+    model_name: str = "raydetect"  # the registered model in MLflow's model registry
+    alias: str = "production"  # the alias that serves
+    auto_register: bool = True  # `raydetect train` registers the model it saves (when tracking is on)
+    gates: GateSettings = GateSettings()
+
+
+class MonitorSettings(_Section):
+    """`raydetect monitor drift` / `check` (raydetect/monitor/)."""
+
+    psi_bins: int = Field(10, gt=1)  # quantile bins of the reference's prob_ai
+    max_psi: float = Field(0.2, gt=0)  # PSI above this is drift (0.1-0.2: moderate, > 0.2: large)
+    ks_alpha: float = Field(0.01, gt=0, lt=1)  # KS test on prob_ai: p below this (and PSI > max_psi/2) is drift
+    max_share_change: float = Field(0.1, gt=0)  # absolute change of the ai / review share
+    max_input_psi: float = Field(0.25, gt=0)  # PSI of an input statistic (size, brightness, sharpness)
+    input_sample: int = Field(200, ge=0)  # files per run read for brightness/sharpness/format (0: none)
+    max_metric_drop: float = Field(0.05, gt=0, lt=1)  # relative drop below the registered value -> retrain
+    metrics: list[str] = ["f1", "auc_roc"]
+
+
 class Settings(_Section):
     workdir: str = ".raydetect"
     seed: int = 0
@@ -154,6 +183,8 @@ class Settings(_Section):
     score: ScoreSettings = ScoreSettings()
     tracking: TrackingSettings = TrackingSettings()
     serve: ServeSettings = ServeSettings()
+    registry: RegistrySettings = RegistrySettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     @property
     def workdir_path(self) -> Path:

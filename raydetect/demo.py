@@ -1,8 +1,9 @@
 """`raydetect demo` (what `make demo` runs): every stage end to end on the embedded defaults.
 
 offline benchmark (built once) -> verify -> train a small model (Ray Train) -> batch-score the test split
-(Ray Data) -> evaluation report (HTML) -> a Serve smoke call on the trained model. Each stage prints where
-its output went; a re-run reuses the benchmark and retrains/re-scores quickly.
+(Ray Data) -> evaluation report (HTML) -> registry: promote the model through the gates -> a Serve smoke
+call on the trained model. Each stage prints where its output went; a re-run reuses the benchmark and
+retrains/re-scores quickly.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ def run_demo(
     out.outputs["evaluation report"] = html
     out.headline = {k: summary["overall"][k] for k in ("n", "accuracy", "f1", "auc_roc")}
 
+    out.outputs["registry"] = _stage(
+        "registry: promote through the gates", out,
+        lambda: promote_demo_model(settings, outcome, summary, f"{bench_root} (test)", html, log), log,
+    )  # fmt: skip
+
     if serve_check:
 
         def serve_once() -> dict[str, Any]:
@@ -149,3 +155,21 @@ def run_demo(
         json.dumps({"outputs": out.outputs, "timings_s": out.timings_s, "headline": out.headline}, indent=2)
     )
     return out
+
+
+def promote_demo_model(settings: Settings, outcome: Any, summary: dict, data: str, report: str,
+                       log: Callable[[str], None]) -> str:
+    """Register the demo's model (training did when `registry.auto_register` is on), attach its evaluation,
+    promote it through the gates (a refusal is reported, not raised) and print the registry table."""
+    from raydetect import registry
+    from raydetect.registry_cli import format_table
+
+    version = outcome.extra.get("registry_version") or registry.register(settings, outcome.model_uri)
+    registry.attach_evaluation(settings, version, summary, data, report)
+    promotion = registry.promote(settings, version)
+    for gate in promotion.gates:
+        log(gate.line())
+    verdict = "promoted" if promotion.passed else "refused: " + ", ".join(g.name for g in promotion.failed)
+    log(f"version {version}: {verdict}")
+    log(format_table(registry.list_versions(settings)))
+    return f"{settings.registry.model_name} version {version} ({verdict})"

@@ -17,7 +17,8 @@ def evaluate(
     data: Annotated[str, typer.Option("--data", help="Labelled dataset root (Kaggle layout).")] = ...,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Score --data's split with this model first (the batch pipeline)."),
+        typer.Option("--model", "-m", help="Score --data's split with this model first (the batch pipeline): "
+                     "a directory or a registry reference (production, models:/raydetect/3)."),
     ] = None,
     split: Annotated[str, typer.Option(help="Which labels: test (test_labels.csv) or train.")] = "test",
     output: Annotated[str, typer.Option("--output", "-o", help="HTML report path.")] = "report.html",
@@ -55,7 +56,7 @@ def score_for_evaluation(data: str, model: str, split: str, settings) -> str:
     from raydetect.score.cli import run_and_summarize
     from raydetect.score.pipeline import parse_models
 
-    spec = parse_models(model)
+    spec = parse_models(model, settings=settings)
     run_id = "evaluate-" + "".join(c if c.isalnum() or c in "-." else "_" for c in str(spec.card.version))
     out = run_and_summarize(
         data, model, str(settings.workdir_path / "predictions"), run_id, split=split, settings=settings

@@ -158,6 +158,7 @@ def render_report(
         "groups": {k: v.to_dict(orient="records") for k, v in result["groups"].items()},
         "errors": n_errors,
         "threshold": threshold,
+        "context": {k: str(v) for k, v in (context or {}).items()},  # what was evaluated (the registry reads it)
     }
     return page, summary
 

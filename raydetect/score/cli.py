@@ -24,8 +24,9 @@ def score(
         typer.Option(
             "--model",
             "-m",
-            help="Model directory (local or s3://); 'a,b' averages an ensemble. "
-            "Default: $RAYDETECT_MODEL_URI, then <workdir>/models/production.",
+            help="Model directory (local or s3://) or registry reference (production, models:/raydetect@production, "
+            "models:/raydetect/3); 'a,b' averages an ensemble. Default: $RAYDETECT_MODEL_URI, the registry's "
+            "production alias, then <workdir>/models/production.",
         ),
     ] = None,
     weights: Annotated[

@@ -58,36 +58,23 @@ class ModelSpec:
         return out
 
 
-def resolve_model_uri(ref: str) -> str:
-    """A model directory (local path or s3:// URI) holding model.json. (Registered names such as
-    `production` resolve here once the model registry exists.)"""
-    ref = ref.strip()
-    if storage.exists(storage.join(ref, "model.json")):
-        return storage.normalize(ref)
-    raise ValueError(f"model {ref!r}: no model.json there (give a model directory: local path or s3://)")
-
-
-def default_model(settings: Settings) -> str:
-    """The model used when none is named: $RAYDETECT_MODEL_URI, else <workdir>/models/production (the same
-    convention as Serve until a model registry exists)."""
-    import os
-
-    return os.environ.get("RAYDETECT_MODEL_URI") or str(settings.workdir_path / "models" / "production")
-
-
 def parse_models(
-    model: str | Sequence[str],
+    model: str | Sequence[str] | None,
     weights: str | Sequence[float] | None = None,
     card_loader: Callable[[str], ModelCard] = load_card,
-    resolve: Callable[[str], str] = resolve_model_uri,
+    settings: Settings | None = None,
 ) -> ModelSpec:
-    """`"a,b"` (or a list) and `"2,1"` (or a list) -> a ModelSpec; cards are read, weights are not loaded."""
-    refs = [m for m in (model.split(",") if isinstance(model, str) else model) if str(m).strip()]
+    """`"a,b"` (or a list) and `"2,1"` (or a list) -> a ModelSpec; cards are read, weights are not loaded.
+    Each model is a directory or a registry reference (`registry.resolve_model_uri`); None: the default."""
+    from raydetect.registry import resolve_model_uri
+
+    refs = [None] if model is None else [m for m in (model.split(",") if isinstance(model, str) else model)
+                                         if str(m).strip()]  # fmt: skip
     if not refs:
         raise ValueError("--model: at least one model is needed")
     if isinstance(weights, str):
         weights = [float(w) for w in weights.split(",") if w.strip()]
-    uris = [resolve(str(r)) for r in refs]
+    uris = [resolve_model_uri(None if r is None else str(r), settings) for r in refs]
     w = normalized_weights(list(weights) if weights is not None else None, len(uris))
     cards = [card_loader(u) for u in uris]
     return ModelSpec(uris, w, cards, combine_cards(cards, w))
@@ -234,7 +221,7 @@ def score_run(
 
     settings = settings or load_settings()
     sset = settings.storage
-    spec = parse_models(model or default_model(settings), weights, card_loader)
+    spec = parse_models(model, weights, card_loader, settings)
     actor_range = actors if isinstance(actors, tuple) else parse_actors(actors, settings)
     batch = batch_size or settings.score.batch_size
     run_id = run_id or results.default_run_id()

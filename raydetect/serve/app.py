@@ -15,8 +15,14 @@ HTTP -> Serve proxy -> RayDetectAPI (FastAPI: auth, body limit, safe decode, cro
   `user_config["model_uri"]`; changing `user_config` (a new `model_uri`, or a new `revision` for a moved
   alias) reloads it in place through `reconfigure`, without restarting replicas. `max_batch_size` and
   `batch_wait_timeout_s` in `user_config` retune dynamic batching live (`max_batch_size: 1` turns it off).
-- Until a model registry exists, the model comes from: the builder's `model_uri`, else
-  `$RAYDETECT_MODEL_URI`, else `serve.model_uri` in the config, else `<workdir>/models/production`.
+- The model comes from (`raydetect.registry.resolve_model`): the builder's `model_uri` (a directory or a
+  registry reference such as `models:/raydetect@production` or `production`), else `$RAYDETECT_MODEL_URI`,
+  else `serve.model_uri` in the config, else the registry's `production` alias, else
+  `<workdir>/models/production`. A registry reference is resolved when the app is built, so `serve deploy`
+  after a promotion or rollback sends replicas a new `model_uri` and they reload in place; `/v1/model`
+  then names the registry version (`registry_version`, `model_ref`). A `models:/` reference written into
+  `user_config.model_uri` itself (serve_config.yaml) is looked up by each replica in `reconfigure`, in the
+  registry the builder's settings name: bumping `revision` then picks up a promotion or rollback in place.
 
 `app_builder` is the `import_path` target of `serve_config.yaml` (`serve run` / `serve deploy`);
 `build_app(settings, model_uri)` is the Python entry point (tests, `raydetect serve`, benchmarks).
@@ -48,6 +54,7 @@ from starlette.concurrency import run_in_threadpool
 from raydetect.config import Settings, load_settings
 from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
 from raydetect.models.views import ViewError, ViewPolicy, make_views
+from raydetect.registry import resolve_model
 from raydetect.serve.coalesce import Coalescer
 from raydetect.serve.drain import AdmissionGate
 from raydetect.serve.security import AuditLog, bearer_token, load_api_key, request_id
@@ -56,7 +63,6 @@ logger = logging.getLogger("ray.serve")
 
 MODEL_DEPLOYMENT = "DetectorModel"
 INGRESS_DEPLOYMENT = "RayDetectAPI"
-MODEL_URI_ENV = "RAYDETECT_MODEL_URI"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_S = 0.01
 # Serve batches may all be in flight at once: they wait in the Coalescer, which merges them per forward pass.
@@ -83,16 +89,6 @@ DECODE_STATUS = {
 
 
 # --- plain helpers (no Ray) --------------------------------------------------------------------------
-
-
-def resolve_model_uri(settings: Settings, explicit: str | None = None) -> str:
-    """builder/CLI value > $RAYDETECT_MODEL_URI > serve.model_uri > <workdir>/models/production."""
-    from raydetect import storage
-
-    uri = explicit or os.environ.get(MODEL_URI_ENV) or settings.serve.model_uri
-    if not uri:
-        uri = str(settings.workdir_path / "models" / "production")
-    return uri if storage.is_s3(uri) else str(Path(uri).expanduser().resolve())
 
 
 def model_views(image, policy: ViewPolicy | None) -> dict[str, Any] | None:
@@ -190,6 +186,7 @@ class ModelInfo(BaseModel):
     threshold: float
     review_band: list[float]
     model_uri: str
+    registry_version: str | None = Field(None, description="the registry version answering, when from the registry")
     precision: str = Field(description="forward-pass precision the replica runs: fp32 | bf16 | fp16")
 
 
@@ -207,15 +204,19 @@ def _replica_id() -> str:
 class DetectorModel:
     """One loaded detector per replica; dynamic batching of single-image calls."""
 
-    def __init__(self, device: str = "auto", torch_threads: int | None = None, precision: str = "auto"):
+    def __init__(self, device: str = "auto", torch_threads: int | None = None, precision: str = "auto",
+                 registry_uri: str | None = None):
         import torch
 
         threads = torch_threads or max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         torch.set_num_threads(threads)
         self.device, self.torch_threads, self.precision = device, threads, precision
+        self.registry_uri = registry_uri  # where user_config's `models:/` references are looked up
         self.detector = None
         self.model_uri: str | None = None
         self.revision: Any = None
+        self.registry_version: str | None = None  # set when the model came from the registry
+        self.model_ref: str | None = None
         self.loaded_at: str | None = None
         self._lock = threading.Lock()  # one model call at a time: Grad-CAM hooks must not see predictions
         self.batches = 0  # forward passes of predict, and the images they carried (dynamic batching at work)
@@ -233,16 +234,28 @@ class DetectorModel:
         uri = config.get("model_uri")
         if not uri:
             raise ValueError("DetectorModel needs user_config.model_uri (a raydetect model directory)")
+        uri, version, ref = self._resolve(config)
         if uri != self.model_uri or config.get("revision") != self.revision or self.detector is None:
             detector = Detector.load(uri, device=self.device, precision=self.precision)
             with self._lock:
                 self.detector, self.model_uri, self.revision = detector, uri, config.get("revision")
+                self.registry_version, self.model_ref = version, ref
                 self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
             card = detector.card
             self._warm_up()
             logger.info("DetectorModel loaded %s %s from %s on %s", card.name, card.version, uri, detector.device)
         self.predict.set_max_batch_size(int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
         self.predict.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S)))
+
+    def _resolve(self, config: dict[str, Any]) -> tuple[str, str | None, str | None]:
+        """(directory, registry version, reference) of user_config's model. A `models:/` reference is looked
+        up in the registry now, so a new `revision` picks up a promotion or rollback in place."""
+        uri = str(config["model_uri"])
+        if not uri.startswith("models:/"):
+            return uri, config.get("registry_version"), config.get("model_ref")
+        overrides = {"tracking": {"mlflow_uri": self.registry_uri}} if self.registry_uri else None
+        resolved = resolve_model(uri, load_settings(overrides=overrides))
+        return resolved.uri, resolved.version, uri
 
     def _warm_up(self) -> None:
         """One prediction and the Grad-CAM imports now, so the first caller does not pay for them."""
@@ -272,6 +285,8 @@ class DetectorModel:
             "created_at": card.created_at,
             "model_uri": self.model_uri,
             "revision": self.revision,
+            "registry_version": self.registry_version,
+            "model_ref": self.model_ref,
             "loaded_at": self.loaded_at,
             "device": str(self.detector.device),
             "precision": self.detector.precision,
@@ -722,11 +737,14 @@ def build_app(settings: Settings | None = None, model_uri: str | None = None) ->
             f"serve.max_ongoing_requests ({s.max_ongoing_requests}) must be >= serve.max_batch_size "
             f"({s.max_batch_size}), or batches can never fill"
         )
+    resolved = resolve_model(model_uri, settings, must_exist=False, serve=True)
     user_config = {
-        "model_uri": resolve_model_uri(settings, model_uri),
+        "model_uri": resolved.uri,
         "max_batch_size": s.max_batch_size,
         "batch_wait_timeout_s": s.batch_wait_timeout_s,
     }
+    if resolved.version is not None:
+        user_config.update(registry_version=resolved.version, model_ref=resolved.ref)
     model = DetectorModel.options(
         autoscaling_config={
             "min_replicas": s.min_replicas,
@@ -736,7 +754,8 @@ def build_app(settings: Settings | None = None, model_uri: str | None = None) ->
         max_ongoing_requests=s.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": _gpus_per_replica(settings)},
         user_config=user_config,
-    ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision)
+    ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision,
+           registry_uri=settings.mlflow_uri())
     ingress = RayDetectAPI.options(
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),
@@ -749,7 +768,7 @@ class AppArgs(BaseModel):
     """Arguments of `app_builder` (the `args:` of an application in serve_config.yaml)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model_uri: str | None = Field(None, description="model directory (local or s3://); see resolve_model_uri")
+    model_uri: str | None = Field(None, description="model directory or registry reference; see registry.resolve_model")
     config: str | None = Field(None, description="a raydetect YAML config file")
     overrides: list[str] = Field(default_factory=list, description="section.key=value overrides")
 

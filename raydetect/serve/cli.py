@@ -17,8 +17,9 @@ from raydetect.cli_options import ConfigOption, SetOption
 def serve(
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Model directory (local or s3://). Default: $RAYDETECT_MODEL_URI, "
-                     "serve.model_uri, then <workdir>/models/production."),
+        typer.Option("--model", "-m", help="Model directory (local or s3://) or registry reference (production, "
+                     "models:/raydetect@production, models:/raydetect/3). Default: $RAYDETECT_MODEL_URI, "
+                     "serve.model_uri, the registry's production alias, then <workdir>/models/production."),
     ] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default serve.port, 8000).")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1; 0.0.0.0 = all).")] = None,

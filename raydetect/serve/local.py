@@ -45,20 +45,22 @@ def start_local(settings: Settings | None = None, model_uri: str | None = None, 
 
     from raydetect.cluster import connect
     from raydetect.models.bundle import load_card
-    from raydetect.serve.app import build_app, resolve_model_uri
+    from raydetect.registry import resolve_model
+    from raydetect.serve.app import build_app
 
     settings = settings or load_settings()
-    uri = resolve_model_uri(settings, model_uri)
-    card = load_card(uri)  # fail fast, with the file's own error, before starting Ray
+    resolved = resolve_model(model_uri, settings, must_exist=False, serve=True)
+    card = load_card(resolved.uri)  # fail fast, with the file's own error, before starting Ray
     host, port = settings.serve.host, settings.serve.port
     if not port_is_free(host, port):
         raise RuntimeError(f"port {port} on {host} is in use: pass another with --port (or stop what holds it)")
     connect("local", num_cpus=num_cpus, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(settings, uri), name=APP_NAME, route_prefix="/")
+    serve.run(build_app(settings, model_uri), name=APP_NAME, route_prefix="/")
     url = local_url(settings)
     wait_healthy(url)
-    print(f"raydetect serves {card.name} v{card.version} ({card.backbone}, {card.input_filter} input) from {uri}")
+    where = resolved.uri + (f" (registry version {resolved.version})" if resolved.version else "")
+    print(f"raydetect serves {card.name} v{card.version} ({card.backbone}, {card.input_filter} input) from {where}")
     return url
 
 

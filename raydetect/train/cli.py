@@ -87,6 +87,9 @@ def train(
     typer.echo(f"model: {outcome.model_uri}  (best fold {outcome.best_fold})")
     if outcome.mlflow_run_id:
         typer.echo(f"mlflow run: {outcome.mlflow_run_id}  ({settings.mlflow_uri()})")
+    if "registry_version" in outcome.extra:
+        typer.echo(f"registered: {settings.registry.model_name} version {outcome.extra['registry_version']} "
+                   f"(raydetect model promote {outcome.extra['registry_version']})")
 
 
 def tune(

@@ -202,8 +202,15 @@ def train_detector(
 
     if tracker is None:
         return body(None)
+    from raydetect.registry import auto_register
+
     with tracker.run(name, params=run_params, tags={"kind": "train"}) as run_id:
-        return body(run_id)
+        outcome = body(run_id)
+        version = auto_register(settings, outcome.model_uri, run_id, labelled_rows(df))
+        if version is not None:
+            tracker.set_tags({"registry_version": version})
+            outcome.extra["registry_version"] = version
+        return outcome
 
 
 def compare_variants(

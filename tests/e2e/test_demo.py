@@ -50,4 +50,8 @@ def test_demo_runs_every_stage(tmp_path: Path, ray_cluster: None):
     assert outputs.headline["n"] > 0
     assert any("/v1/predict ->" in line for line in lines)  # the Serve smoke call answered
     saved = json.loads((work / "reports" / "demo.json").read_text())
-    assert set(saved["timings_s"]) >= {"1/6 offline benchmark", "4/6 batch-score the test split (Ray Data)"}
+    assert set(saved["timings_s"]) >= {"1/6 offline benchmark", "4/6 batch-score the test split (Ray Data)",
+                                   "registry: promote through the gates"}
+    # registered by training, evaluated, sent through the gates (a 1-epoch tiny model may well be refused)
+    assert outputs.outputs["registry"].startswith("raydetect version 1 (")
+    assert any(line.startswith("version  card_version") for line in lines)

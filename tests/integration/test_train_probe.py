@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from raydetect import registry
 from raydetect.config import load_settings
 from raydetect.data.images import decode_image
 from raydetect.models.bundle import Detector
@@ -33,6 +35,12 @@ def test_probe_cv_exports_a_model_that_scores_like_its_probe(ray_cluster, tmp_pa
     detector = Detector.load(outcome.model_uri, device="cpu")
     card = detector.card
     assert card.params["recipe"] == "probe" and card.views["mode"] == "native" and card.metrics["cv_folds"] == 3
+    # registered on the way (registry.auto_register): the directory, its data and its generators
+    assert outcome.extra["registry_version"] == "1"
+    registered = registry.client(settings).get_model_version("raydetect", "1")
+    assert registered.source == outcome.model_uri and registered.run_id == outcome.mlflow_run_id
+    assert json.loads(registered.tags["train.generators"]) == ["checker", "real"]
+    assert registered.tags["data_fingerprint"] and registered.tags["metric.cv_folds"] == "3.0"
     # The exported model reproduces the best fold's held-out metrics through the scoring path (48 px images:
     # four 32 px native tiles each, whose features the probe averaged).
     val = outcome.folds[outcome.folds["fold"] == outcome.best_fold]

@@ -1,0 +1,1 @@
+"""Drift monitoring and the retraining trigger (`raydetect monitor`)."""
