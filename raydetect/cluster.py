@@ -17,7 +17,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, log_to_d
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # 2.60's default; a stale 0 would bring back Train V1
     if ray.is_initialized():
         return
-    target = address or os.environ.get("RAY_ADDRESS") or None
-    started_here = target in (None, "local")
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    # "local", not None: ray.init(address=None) would join any cluster already running on this machine
+    # (someone else's `ray start`, another command's cluster), which is not what a plain command asks for
+    started_here = target == "local"
     kwargs = {"num_cpus": num_cpus, "include_dashboard": False} if started_here else {}
     ray.init(address=target, log_to_driver=log_to_driver, **kwargs)
