@@ -66,13 +66,14 @@ class LoopConfig:
 
 @dataclass
 class FitResult:
-    """Per-epoch history, the best epoch by validation F1 and its metrics and weights."""
+    """Per-epoch history, the best epoch by validation F1, its metrics, weights and validation logits."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     best_metrics: dict[str, float] = field(default_factory=dict)
     best_state: dict[str, torch.Tensor] | None = None
     stopped_early: bool = False
+    best_val: tuple[np.ndarray, np.ndarray] | None = None  # (labels, raw logits) of the best epoch's validation
 
 
 def seed_everything(seed: int) -> None:
@@ -198,39 +199,45 @@ def _view_batch_logits(
 
 
 @torch.inference_mode()
-def predict_batches(
+def predict_logits(
     model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str = "auto",
     config: LoopConfig | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, P(AI), mean BCE loss) over `batches`, model in eval mode."""
+    """(labels, raw logits, mean BCE loss) over `batches`, model in eval mode (what calibration is fitted on)."""
     precision = resolve_precision(precision, device)
     model.eval()
     config = config or LoopConfig()
     labels_out: list[np.ndarray] = []
-    probs_out: list[np.ndarray] = []
+    logits_out: list[np.ndarray] = []
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     total = 0.0
     for batch in batches:
         if isinstance(batch, Mapping) and "views" in batch:
             logits, labels = _view_batch_logits(model, batch, device, precision, config)
-            total += float(loss_fn(logits, labels))
-            labels_out.append(labels.cpu().numpy())
-            probs_out.append(torch.sigmoid(logits).cpu().numpy())
-            continue
-        images, labels, weights = _unpack(batch, device)
-        if images.shape[0] == 0:
-            continue
-        with autocast(precision, device):
-            logits = model(images).reshape(-1).float()
-        if weights is not None:  # rows that failed to decode are not scored
-            keep = weights > 0
-            logits, labels = logits[keep], labels[keep]
+        else:
+            images, labels, weights = _unpack(batch, device)
+            if images.shape[0] == 0:
+                continue
+            with autocast(precision, device):
+                logits = model(images).reshape(-1).float()
+            if weights is not None:  # rows that failed to decode are not scored
+                keep = weights > 0
+                logits, labels = logits[keep], labels[keep]
         total += float(loss_fn(logits, labels))
         labels_out.append(labels.cpu().numpy())
-        probs_out.append(torch.sigmoid(logits).cpu().numpy())
+        logits_out.append(logits.cpu().numpy())
     labels_all = np.concatenate(labels_out) if labels_out else np.zeros(0)
-    probs_all = np.concatenate(probs_out) if probs_out else np.zeros(0)
-    return labels_all, probs_all, (total / len(labels_all) if len(labels_all) else float("nan"))
+    logits_all = np.concatenate(logits_out) if logits_out else np.zeros(0)
+    return labels_all, logits_all, (total / len(labels_all) if len(labels_all) else float("nan"))
+
+
+def predict_batches(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str = "auto",
+    config: LoopConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, P(AI), mean BCE loss) over `batches`, model in eval mode (uncalibrated: temperature 1)."""
+    labels, logits, loss = predict_logits(model, batches, device, precision, config)
+    return labels, torch.sigmoid(torch.as_tensor(logits)).numpy(), loss
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -274,6 +281,7 @@ class EarlyStopping:
 
 
 EpochCallback = Callable[[dict[str, float], nn.Module, bool], None]
+ValidationCallback = Callable[[np.ndarray, np.ndarray], None]
 
 
 def fit(
@@ -286,12 +294,15 @@ def fit(
     on_epoch: EpochCallback | None = None,
     sync_stop: Callable[[bool], bool] | None = None,
     keep_best_state: bool = True,
+    on_validation: ValidationCallback | None = None,
 ) -> FitResult:
     """Train `model` (already on `device`, possibly DDP-wrapped) and validate after every epoch.
 
     `train_batches()` / `val_batches()` return a fresh iterable per epoch. `on_epoch(record, model, improved)`
     runs after each epoch (Ray: report + checkpoint). `sync_stop(local_decision)` makes every worker agree on
-    early stopping (rank 0 decides). The returned history has one dict per epoch:
+    early stopping (rank 0 decides). `on_validation(labels, logits)` sees each epoch's raw validation logits
+    before `on_epoch` (the trainer fits the calibration of an improved epoch on them). The returned history
+    has one dict per epoch:
     epoch, lr, train_loss, val_loss, val_accuracy, val_precision, val_recall, val_f1, val_auc, best_val_f1.
     """
     device = torch.device(device)
@@ -320,7 +331,10 @@ def fit(
             scheduler_per_step.step()
         if frozen:
             set_stem_frozen(model, False)
-        labels, probs, val_loss = predict_batches(model, val_batches(), device, precision, config)
+        labels, logits, val_loss = predict_logits(model, val_batches(), device, precision, config)
+        if on_validation is not None:
+            on_validation(labels, logits)
+        probs = torch.sigmoid(torch.as_tensor(logits)).numpy()
         metrics = classification_metrics(labels, probs, config.threshold)
         improved = stopper.update(metrics["f1"], val_loss)
         record = {
@@ -336,6 +350,7 @@ def fit(
         result.history.append(record)
         if improved:
             result.best_epoch, result.best_metrics = epoch + 1, dict(record)
+            result.best_val = (labels, logits)
             if keep_best_state:
                 result.best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         stop = stopper.should_stop and epoch + 1 < config.epochs

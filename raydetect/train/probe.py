@@ -10,8 +10,9 @@
    folds, scored on the held-out fold (the same grouped folds as fine-tuning, the same metrics table).
 3. the model: the probe of the best fold, folded into the backbone's own head (scaler and logistic
    regression are one affine map), saved as an ordinary model directory, so score, Serve, evaluate and
-   Grad-CAM load it like any other. Averaging view features and averaging view logits agree for a linear
-   head, so the probe needs the `mean` view aggregation.
+   Grad-CAM load it like any other; calibrated on that fold's held-out logits (`calibration:` settings).
+   Averaging view features and averaging view logits agree for a linear head, so the probe needs the
+   `mean` view aggregation.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 
 from raydetect import storage
 from raydetect.config import Settings
+from raydetect.evaluate.calibration import calibrate_with
 from raydetect.models.backbones import build_backbone, default_normalization, head_module
 from raydetect.models.views import ViewPolicy, map_views, normalize, read_views
 
@@ -176,12 +178,14 @@ def probe_folds(assigned: pd.DataFrame, features: pd.DataFrame, c: float, seed: 
         start = time.perf_counter()
         val = (frame["fold"] == fold).to_numpy()
         probe = fit_probe(x[~val], y[~val], c, seed)
+        logits = probe.decision_function(x[val])
         probs = probe.predict_proba(x[val])[:, 1]
         eps = 1e-7
         loss = float(np.mean(-(y[val] * np.log(probs + eps) + (1 - y[val]) * np.log(1 - probs + eps))))
         metrics = {f"val_{k}": float(v) for k, v in classification_metrics(y[val], probs).items()}
         out.append({"fold": int(fold), "probe": probe, "metrics": {"val_loss": loss, **metrics},
-                    "n_train": int((~val).sum()), "n_val": int(val.sum()), "wall_s": time.perf_counter() - start})
+                    "n_train": int((~val).sum()), "n_val": int(val.sum()), "wall_s": time.perf_counter() - start,
+                    "labels": y[val], "logits": logits})
     return out
 
 
@@ -220,6 +224,9 @@ def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] |
         params={"recipe": "probe", "probe_c": t.probe_c, "weights": t.weights, "fold": best["fold"],
                 "seed": settings.seed},
     )  # fmt: skip
+    if settings.calibration.enabled:
+        where = f"validation fold {best['fold']}"
+        card = card.calibrated(calibrate_with(best["logits"], best["labels"], settings.calibration, where))
     model_uri = save_model(model, card, output or str(settings.workdir_path / "models" / name))
     return TrainOutcome(runs=runs, table=cv_table(runs), folds=assigned, model_uri=model_uri, best_fold=best["fold"],
                         f1_mean=cv_metrics["cv_f1_mean"], f1_std=cv_metrics["cv_f1_std"],

@@ -12,7 +12,10 @@ Rows that could not be read or decoded stay in their batch with weight 0 (so dat
 taking the same number of steps) and count for nothing; `raydetect data verify` lists them.
 
 Each epoch every worker calls `ray.train.report` with the validation loss, accuracy, precision, recall, F1
-and AUC-ROC; rank 0 attaches a checkpoint when validation F1 improved. A checkpoint is a raydetect model
+and AUC-ROC; rank 0 attaches a checkpoint when validation F1 improved. That checkpoint's card carries the
+calibration fitted on the same epoch's validation logits (`calibration:` settings; evaluate/calibration.py):
+temperature, threshold and review band by the configured rule, so each fold's model is calibrated on its
+own validation fold. A checkpoint is a raydetect model
 directory (`model.json` + `weights.pt`), so the best one loads with `raydetect.models.bundle.load_model`
 straight from the run's `storage_path` (local or `s3://`). `CheckpointConfig(num_to_keep=1,
 checkpoint_score_attribute="val_f1")` keeps only the best.
@@ -36,6 +39,7 @@ from raydetect import storage
 from raydetect.cluster import connect
 from raydetect.config import Settings
 from raydetect.data.transforms import native_crop
+from raydetect.evaluate.calibration import calibrate_with
 from raydetect.models.backbones import default_normalization, weights_source
 from raydetect.models.views import ViewPolicy, read_views
 from raydetect.train.loop import LoopConfig
@@ -210,6 +214,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
+    from raydetect.config import CalibrationSettings
     from raydetect.models.backbones import build_backbone
     from raydetect.models.bundle import ModelCard, save_model
     from raydetect.train.loop import fit, seed_everything
@@ -261,6 +266,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         return local
 
     prior_f1s = [float(f) for f in cfg.get("prior_f1s", [])]
+    calibration = CalibrationSettings(**cfg.get("calibration", {}))
+    last_val: dict[str, np.ndarray] = {}
+
+    def on_validation(labels: np.ndarray, logits: np.ndarray) -> None:
+        last_val.update(labels=labels, logits=logits)
 
     def on_epoch(record: dict[str, float], plain_model: torch.nn.Module, improved: bool) -> None:
         metrics: dict[str, Any] = dict(record)
@@ -275,6 +285,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 **cfg["card"],
                 metrics={k: float(v) for k, v in record.items() if k.startswith("val_") or k == "epoch"},
             )
+            if calibration.enabled:
+                where = "validation" + ("" if cfg.get("fold") is None else f" fold {cfg['fold']}")
+                card = card.calibrated(calibrate_with(last_val["logits"], last_val["labels"], calibration, where))
             with tempfile.TemporaryDirectory() as tmp:
                 save_model(plain_model, card, tmp)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -291,6 +304,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         on_epoch=on_epoch,
         sync_stop=sync_stop,
         keep_best_state=False,
+        on_validation=on_validation,
     )
     return {
         "history": result.history,
@@ -389,6 +403,7 @@ def fit_fold(
         "fold": fold,
         "prior_f1s": list(prior_f1s),
         "last_fold": last_fold,
+        "calibration": settings.calibration.model_dump(),
         "cache_val": len(val_df) * 3 * image_size(settings) ** 2 * VAL_VIEWS_ESTIMATE <= VAL_CACHE_BYTES,
         "card": {
             "backbone": train.backbone,
