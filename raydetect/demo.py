@@ -107,6 +107,7 @@ def run_demo(
             html,
             title="raydetect demo: held-out test split of the offline benchmark",
             context={"model": model_dir, "backbone": settings.train.backbone, "benchmark": bench_root},
+            settings=settings.evaluate,
         ),
         log,
     )

@@ -41,12 +41,14 @@ def evaluate(
         predictions = score_for_evaluation(data, model, split, settings)
     labelled = read_manifest(data, split=split, settings=settings)
     context = {"predictions": predictions, "data": data, **({"model": model} if model else {})}
-    summary = write_report(predictions, labelled, output, threshold, context=context)
-    overall = summary["overall"]
+    summary = write_report(predictions, labelled, output, threshold, context=context, settings=settings.evaluate)
+    overall, cal = summary["overall"], summary["calibration"]
     typer.echo(
         f"accuracy {overall['accuracy']:.4f}  f1 {overall['f1']:.4f}  auc {overall['auc_roc']:.4f}  "
         f"(n={overall['n']}, unreadable={summary['errors']})"
     )
+    before = f"{cal['ece_before']:.4f} -> " if "ece_before" in cal else ""
+    typer.echo(f"ECE {before}{cal['ece']:.4f}  review share {summary['decision']['review_share']:.3f}")
     typer.echo(f"report: {output}")
 
 
