@@ -29,7 +29,8 @@ def evaluate(
 
     With --model, the split is scored first by the same Ray Data pipeline as `raydetect score` (into
     <workdir>/predictions/run=evaluate-<model version>, resumable), so evaluation sees exactly the P(AI)
-    that scoring and Serve give."""
+    that scoring and Serve give, and the report gains the robustness sweep (evaluate.robustness_sample
+    images re-scored after each of evaluate.perturbations)."""
     from raydetect.data.manifest import read_manifest
     from raydetect.evaluate.report import write_report
 
@@ -41,7 +42,13 @@ def evaluate(
         predictions = score_for_evaluation(data, model, split, settings)
     labelled = read_manifest(data, split=split, settings=settings)
     context = {"predictions": predictions, "data": data, **({"model": model} if model else {})}
-    summary = write_report(predictions, labelled, output, threshold, context=context, settings=settings.evaluate)
+    robustness = None
+    if model is not None:  # the sweep re-scores perturbed copies, so it needs the model itself
+        from raydetect.evaluate.robustness import sweep_model
+
+        robustness = sweep_model(model, labelled, settings)
+    summary = write_report(predictions, labelled, output, threshold, context=context, settings=settings.evaluate,
+                           robustness=robustness)  # fmt: skip
     overall, cal = summary["overall"], summary["calibration"]
     typer.echo(
         f"accuracy {overall['accuracy']:.4f}  f1 {overall['f1']:.4f}  auc {overall['auc_roc']:.4f}  "

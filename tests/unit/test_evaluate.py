@@ -125,7 +125,10 @@ def test_report_has_calibration_intervals_pr_curve_and_a_fairness_flag():
     cal = {"temperature": 2.0, "threshold": 0.5, "review_band": [0.4, 0.6], "threshold_rule": "max_f1",
            "review_precision": 0.95, "fitted_on": "validation fold 0", "n": 50, "bins": 10}  # fmt: skip
     card = ModelCard(backbone="tinycnn").calibrated(cal)
-    page, summary = render_report(frame, 0.5, card=card, settings=EvaluateSettings(bootstrap=50, fairness_limit=0.0))
+    robustness = pd.DataFrame({"perturbation": ["clean", "jpeg50"], "n": [80, 80], "accuracy": [0.9, 0.7],
+                               "accuracy_drop": [0.0, 0.2]})  # fmt: skip
+    page, summary = render_report(frame, 0.5, card=card, settings=EvaluateSettings(bootstrap=50, fairness_limit=0.0),
+                                  robustness=robustness)  # fmt: skip
     for alt in ("reliability diagram", "precision-recall curve", "ROC and score histogram", "confusion matrix"):
         assert f"alt='{alt}'" in page
     assert "95 % CI" in page and "max_f1" in page and "ABOVE THE LIMIT" in page
@@ -134,6 +137,8 @@ def test_report_has_calibration_intervals_pr_curve_and_a_fairness_flag():
     expected = np.mean((frame["prob_ai"] >= 0.4) & (frame["prob_ai"] < 0.6))
     assert summary["decision"]["review_share"] == pytest.approx(expected)
     assert summary["fairness"]["flagged"] and summary["fairness"]["limit"] == 0.0
+    assert "<h2>Robustness</h2>" in page and "jpeg50" in page
+    assert summary["robustness"][1] == {"perturbation": "jpeg50", "n": 80, "accuracy": 0.7, "accuracy_drop": 0.2}
     json.dumps(summary, default=float)
 
 
