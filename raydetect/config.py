@@ -84,6 +84,9 @@ class TrainSettings(_Section):
     augment_strength: float = Field(0.0, ge=0)
     image_size: int | None = Field(None, gt=0)  # null -> images.size
     crop_size: int | None = Field(128, gt=0)  # train on random crops of this side at native resolution
+    adv: Literal["none", "fgsm", "pgd"] = "none"  # adversarial training (loss: mean of clean and attacked)
+    adv_eps_255: float = Field(2.0, ge=0)  # its L-inf budget in grey levels (eps = v / 255)
+    adv_steps: int = Field(10, gt=0)  # PGD steps
     augment_views: int = Field(8, gt=0)  # differently-seeded augmented copies of the train set, cycled per epoch
     storage_path: str | None = None  # Ray Train checkpoints (local or s3://); null -> <workdir>/runs
     use_gpu: bool | None = None  # null -> when the cluster has GPUs
@@ -115,6 +118,10 @@ class EvaluateSettings(_Section):
     perturbations: list[str] = ["jpeg90", "jpeg70", "jpeg50", "blur1", "blur2", "downscale0.5", "reencode"]
     reencode: Literal["png", "jpeg"] = "jpeg"  # `reencode`: both classes to this one format (benchmark's encode)
     reencode_quality: int = Field(95, ge=1, le=100)
+    adversarial_sample: int = Field(32, ge=0)  # labelled images attacked with --model (0: no adversarial table)
+    attacks: list[Literal["fgsm", "pgd"]] = ["fgsm", "pgd"]
+    attack_eps_255: list[float] = [1, 2, 4]  # L-inf budgets in grey levels of an 8-bit image (eps = v / 255)
+    pgd_steps: int = Field(10, gt=0)
 
 
 class ScoreSettings(_Section):

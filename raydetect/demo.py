@@ -100,7 +100,7 @@ def run_demo(
     html = str(workdir / "reports" / "evaluation.html")
 
     def evaluation() -> dict[str, Any]:
-        from raydetect.evaluate.robustness import sweep_model
+        from raydetect.evaluate.robustness import model_checks
 
         labelled = read_manifest(bench_root, "test", settings)
         return write_evaluation(
@@ -110,10 +110,10 @@ def run_demo(
             title="raydetect demo: held-out test split of the offline benchmark",
             context={"model": model_dir, "backbone": settings.train.backbone, "benchmark": bench_root},
             settings=settings.evaluate,
-            robustness=sweep_model(model_dir, labelled, settings),  # evaluate.robustness_sample images
+            **model_checks(model_dir, labelled, settings),  # robustness sweep + adversarial table, on samples
         )
 
-    summary = _stage("5/6 evaluation report (+ robustness sweep)", out, evaluation, log)
+    summary = _stage("5/6 evaluation report (+ robustness, adversarial)", out, evaluation, log)
     out.outputs["evaluation report"] = html
     out.headline = {k: summary["overall"][k] for k in ("n", "accuracy", "f1", "auc_roc")}
     calibration = summary["calibration"]

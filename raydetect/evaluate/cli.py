@@ -30,7 +30,8 @@ def evaluate(
     With --model, the split is scored first by the same Ray Data pipeline as `raydetect score` (into
     <workdir>/predictions/run=evaluate-<model version>, resumable), so evaluation sees exactly the P(AI)
     that scoring and Serve give, and the report gains the robustness sweep (evaluate.robustness_sample
-    images re-scored after each of evaluate.perturbations)."""
+    images re-scored after each of evaluate.perturbations) and the adversarial table (FGSM and PGD on
+    evaluate.adversarial_sample images)."""
     from raydetect.data.manifest import read_manifest
     from raydetect.evaluate.report import write_report
 
@@ -42,13 +43,13 @@ def evaluate(
         predictions = score_for_evaluation(data, model, split, settings)
     labelled = read_manifest(data, split=split, settings=settings)
     context = {"predictions": predictions, "data": data, **({"model": model} if model else {})}
-    robustness = None
-    if model is not None:  # the sweep re-scores perturbed copies, so it needs the model itself
-        from raydetect.evaluate.robustness import sweep_model
+    checks = {}
+    if model is not None:  # perturbed and attacked copies are re-scored, so they need the model itself
+        from raydetect.evaluate.robustness import model_checks
 
-        robustness = sweep_model(model, labelled, settings)
+        checks = model_checks(model, labelled, settings)
     summary = write_report(predictions, labelled, output, threshold, context=context, settings=settings.evaluate,
-                           robustness=robustness)  # fmt: skip
+                           **checks)  # fmt: skip
     overall, cal = summary["overall"], summary["calibration"]
     typer.echo(
         f"accuracy {overall['accuracy']:.4f}  f1 {overall['f1']:.4f}  auc {overall['auc_roc']:.4f}  "

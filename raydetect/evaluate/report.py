@@ -4,7 +4,8 @@ Sections: headline metrics with bootstrap 95 % intervals; the decision (threshol
 of images sent to review, with the card's rule); calibration (ECE and a reliability diagram before and after
 the card's temperature); ROC, score histograms, precision-recall curve, confusion matrix; per-group tables
 (fairlearn) with the equalized-odds difference across `category`, flagged above `evaluate.fairness_limit`;
-and, when given (`evaluate/robustness.py`), the robustness sweep's table of drops."""
+and, when given, the robustness sweep's table of drops (`evaluate/robustness.py`) and the adversarial
+table (`evaluate/adversarial.py`)."""
 
 from __future__ import annotations
 
@@ -228,10 +229,11 @@ def render_report(
     card=None,
     settings=None,
     robustness: pd.DataFrame | None = None,
+    adversarial: pd.DataFrame | None = None,
 ) -> tuple[str, dict]:
     """HTML text and a JSON-able summary for scored rows joined to their labels. `card`: the model card
     (temperature, calibration, review band); `settings`: `evaluate:` (config.EvaluateSettings); `robustness`:
-    the sweep's table (`robustness.sweep`)."""
+    the sweep's table (`robustness.sweep`); `adversarial`: `adversarial.adversarial_eval`'s table."""
     from raydetect.config import EvaluateSettings
 
     settings = settings or EvaluateSettings()
@@ -284,6 +286,14 @@ def render_report(
             "perturbation (both classes alike), and the drop from the clean sample (negative: better).</p>"
         )
         sections.append(_table_html(robustness))
+    if adversarial is not None and len(adversarial):
+        sections.append("<h2>Adversarial attacks</h2>")
+        sections.append(
+            f"<p>{int(adversarial['n'].iloc[0])} labelled images attacked through the detector's views with FGSM "
+            "and PGD (L-infinity budget eps, in grey levels of 255; random start, signed steps; fp32), "
+            "each pushed towards the wrong class.</p>"
+        )
+        sections.append(_table_html(adversarial))
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "img{max-width:100%;margin:.5em 0;display:block}.headline{font-size:1.05em}.meta{color:#666}"
@@ -302,6 +312,7 @@ def render_report(
         "fairness": fairness,
         "groups": {k: v.to_dict(orient="records") for k, v in result["groups"].items()},
         "robustness": robustness.to_dict(orient="records") if robustness is not None else None,
+        "adversarial": adversarial.to_dict(orient="records") if adversarial is not None else None,
         "errors": n_errors,
         "threshold": threshold,
     }
@@ -343,6 +354,7 @@ def write_report(
     card=None,
     settings=None,
     robustness: pd.DataFrame | None = None,
+    adversarial: pd.DataFrame | None = None,
 ) -> dict:
     """Join predictions to labels, write the HTML report and a JSON summary beside it; return the summary.
     Without `card`, the scoring run's `_SUMMARY.json` calibration (when recorded) gives the temperature."""
@@ -357,7 +369,7 @@ def write_report(
     n_errors = int(predictions["error"].notna().sum()) if "error" in predictions else 0
     card = card if card is not None else run_card(predictions_uri)
     page, summary = render_report(joined, threshold, title, context, n_errors, card=card, settings=settings,
-                                  robustness=robustness)  # fmt: skip
+                                  robustness=robustness, adversarial=adversarial)  # fmt: skip
     storage.write_text(output_html, page)
     summary_uri = output_html.rsplit(".", 1)[0] + ".json"
     storage.write_text(summary_uri, json.dumps(summary, indent=2, default=float))

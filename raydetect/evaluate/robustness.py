@@ -56,15 +56,33 @@ def _decode(path: str) -> np.ndarray | None:
     return None if error else np.asarray(image.convert("RGB"))
 
 
-def sweep_model(model: str, labelled: pd.DataFrame, settings) -> pd.DataFrame | None:
-    """The sweep of a single model directory with the run's settings (device, precision, `evaluate:`);
-    None when it is off (`evaluate.robustness_sample: 0`) or `model` is an ensemble."""
+def decode_sample(labelled: pd.DataFrame, n: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """The decoded RGB images and labels of `sample(labelled, n, seed)` (unreadable files left out)."""
+    images, labels = [], []
+    rows = sample(labelled, n, seed)
+    for path, label in zip(rows["path"], rows["label"], strict=True):
+        image = _decode(path)
+        if image is not None:
+            images.append(image)
+            labels.append(int(label))
+    return images, np.asarray(labels, dtype=int)
+
+
+def model_checks(model: str, labelled: pd.DataFrame, settings) -> dict[str, pd.DataFrame | None]:
+    """The robustness sweep and the adversarial table (evaluate/adversarial.py) of a single model directory,
+    with the run's settings (device, precision, `evaluate:`): `write_report`'s `robustness` and
+    `adversarial`. A table is None when its sample size is 0; both when `model` is an ensemble."""
+    from raydetect.evaluate.adversarial import adversarial_eval
     from raydetect.models.bundle import Detector
 
-    if settings.evaluate.robustness_sample <= 0 or "," in model:
-        return None
+    ev = settings.evaluate
+    if "," in model or (ev.robustness_sample <= 0 and ev.adversarial_sample <= 0):
+        return {"robustness": None, "adversarial": None}
     detector = Detector.load(model, device=settings.device, precision=settings.precision)
-    return sweep(detector, labelled, settings.evaluate, settings.seed)
+    return {
+        "robustness": sweep(detector, labelled, ev, settings.seed) if ev.robustness_sample > 0 else None,
+        "adversarial": adversarial_eval(detector, labelled, ev, settings.seed) if ev.adversarial_sample > 0 else None,
+    }
 
 
 def sweep(detector, labelled: pd.DataFrame, settings, seed: int = 0) -> pd.DataFrame:
@@ -72,14 +90,7 @@ def sweep(detector, labelled: pd.DataFrame, settings, seed: int = 0) -> pd.DataF
     `settings`: the `evaluate:` section (config.EvaluateSettings)."""
     from raydetect.models.views import make_views
 
-    rows = sample(labelled, settings.robustness_sample, seed)
-    images, labels = [], []
-    for path, label in zip(rows["path"], rows["label"], strict=True):
-        image = _decode(path)
-        if image is not None:
-            images.append(image)
-            labels.append(int(label))
-    labels = np.asarray(labels)
+    images, labels = decode_sample(labelled, settings.robustness_sample, seed)
     table = []
     for name in [CLEAN, *settings.perturbations]:
         views = [make_views(perturb(im, name, settings.reencode, settings.reencode_quality), detector.policy)

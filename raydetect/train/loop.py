@@ -1,6 +1,7 @@
 """The training loop as plain PyTorch: what each Ray Train worker runs, and what tests run without Ray.
 
-AdamW, a per-step cosine schedule (linear warm-up optional), autocast by `precision` (models/precision.py;
+AdamW, a per-step cosine schedule (linear warm-up optional), optional adversarial training (`adv`: FGSM or
+PGD copies of every batch, evaluate/adversarial.py), autocast by `precision` (models/precision.py;
 `auto`: bf16 on CUDA where supported, else fp16 with a grad scaler; bf16 on CPUs with native bf16), optional
 stem freezing for the first epochs, early stopping on validation F1 (ties broken by validation loss), seeded.
 Batches are `(images, labels)` tuples or dicts with `image`, `label` and optionally `weight` (0 for rows that
@@ -50,6 +51,9 @@ class LoopConfig:
     views: dict[str, Any] | None = None  # the view policy of validation batches that carry `views`
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    adv: str | None = None  # fgsm | pgd: adversarial training (evaluate/adversarial.py); None / none: off
+    adv_eps: float = 2 / 255  # its L-inf budget in pixel units
+    adv_steps: int = 10  # PGD steps
 
     @property
     def view_policy(self) -> ViewPolicy:
@@ -142,8 +146,11 @@ def train_one_epoch(
     precision: str = "auto",
     grad_clip: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    adversarial: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, int]:
-    """One pass over `batches`; returns (mean loss, number of examples). `scaler`: for fp16 only."""
+    """One pass over `batches`; returns (mean loss, number of examples). `scaler`: for fp16 only.
+    `adversarial(images, labels)`: adversarial copies of a batch; each row's loss is then the mean of its
+    clean and adversarial losses (Goodfellow et al., 2015), both in one forward pass."""
     precision = resolve_precision(precision, device)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     total, count = 0.0, 0.0
@@ -151,10 +158,15 @@ def train_one_epoch(
         images, labels, weights = _unpack(batch, device)
         if images.shape[0] == 0:
             continue
+        adv = adversarial(images, labels) if adversarial is not None else None
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, device):
-            logits = model(images).reshape(-1)
-        per_row = loss_fn(logits.float(), labels)
+            logits = model(images if adv is None else torch.cat([images, adv])).reshape(-1)
+        if adv is None:
+            per_row = loss_fn(logits.float(), labels)
+        else:
+            clean, attacked = logits.float().chunk(2)
+            per_row = 0.5 * (loss_fn(clean, labels) + loss_fn(attacked, labels))
         if weights is not None:
             per_row = per_row * weights
             n_rows = float(weights.sum())
@@ -318,6 +330,7 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     stopper = EarlyStopping(config.patience)
     result = FitResult()
+    adversarial = adversarial_examples(model, config)
 
     for epoch in range(config.epochs):
         frozen = epoch < config.freeze_stem_epochs
@@ -325,7 +338,7 @@ def fit(
         set_stem_frozen(model, frozen)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, _ = train_one_epoch(
-            model, train_batches(), optimizer, scheduler, device, precision, config.grad_clip, scaler
+            model, train_batches(), optimizer, scheduler, device, precision, config.grad_clip, scaler, adversarial
         )
         if scheduler_per_step is not None:
             scheduler_per_step.step()
@@ -363,6 +376,20 @@ def fit(
             result.stopped_early = True
             break
     return result
+
+
+def adversarial_examples(model: nn.Module, config: LoopConfig):
+    """`(images, labels) -> adversarial images` for `config.adv` (None when off): the attack of
+    evaluate/adversarial.py on the plain module (not its DDP wrapper), in pixel units of `adv_eps`."""
+    if config.adv in (None, "", "none"):
+        return None
+    from raydetect.evaluate.adversarial import attack_normalised
+
+    def make(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return attack_normalised(unwrap(model), images, labels, config.adv, config.adv_eps, config.mean, config.std,
+                                 config.adv_steps, seed=config.seed)  # fmt: skip
+
+    return make
 
 
 def tensor_batches(

@@ -337,6 +337,9 @@ def loop_config(settings: Settings, **overrides: Any) -> LoopConfig:
         "freeze_stem_epochs": train.freeze_stem_epochs,
         "seed": settings.seed,
         "precision": settings.precision,
+        "adv": train.adv,
+        "adv_eps": train.adv_eps_255 / 255,
+        "adv_steps": train.adv_steps,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return LoopConfig.from_dict(values)
@@ -390,6 +393,7 @@ def fit_fold(
         "input_filter": train.input_filter,
         "seed": settings.seed,
         "fold": fold,
+        **({"adv": train.adv, "adv_eps_255": train.adv_eps_255} if train.adv != "none" else {}),
     }
     cfg = {
         "backbone": train.backbone,

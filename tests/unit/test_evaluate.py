@@ -128,7 +128,8 @@ def test_report_has_calibration_intervals_pr_curve_and_a_fairness_flag():
     robustness = pd.DataFrame({"perturbation": ["clean", "jpeg50"], "n": [80, 80], "accuracy": [0.9, 0.7],
                                "accuracy_drop": [0.0, 0.2]})  # fmt: skip
     page, summary = render_report(frame, 0.5, card=card, settings=EvaluateSettings(bootstrap=50, fairness_limit=0.0),
-                                  robustness=robustness)  # fmt: skip
+                                  robustness=robustness, adversarial=robustness.rename(
+                                      columns={"perturbation": "attack"}))  # fmt: skip
     for alt in ("reliability diagram", "precision-recall curve", "ROC and score histogram", "confusion matrix"):
         assert f"alt='{alt}'" in page
     assert "95 % CI" in page and "max_f1" in page and "ABOVE THE LIMIT" in page
@@ -137,7 +138,7 @@ def test_report_has_calibration_intervals_pr_curve_and_a_fairness_flag():
     expected = np.mean((frame["prob_ai"] >= 0.4) & (frame["prob_ai"] < 0.6))
     assert summary["decision"]["review_share"] == pytest.approx(expected)
     assert summary["fairness"]["flagged"] and summary["fairness"]["limit"] == 0.0
-    assert "<h2>Robustness</h2>" in page and "jpeg50" in page
+    assert "<h2>Robustness</h2>" in page and "jpeg50" in page and "<h2>Adversarial attacks</h2>" in page
     assert summary["robustness"][1] == {"perturbation": "jpeg50", "n": 80, "accuracy": 0.7, "accuracy_drop": 0.2}
     json.dumps(summary, default=float)
 
