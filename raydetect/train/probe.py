@@ -205,10 +205,13 @@ def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] |
         assigned = assigned.assign(fold=np.where(assigned["fold"].isin(folds), assigned["fold"], -1))
     features = extract_features(assigned, settings, policy)
     results = [r for r in probe_folds(assigned, features, t.probe_c, settings.seed) if r["fold"] >= 0]
+    for r in results:  # each fold calibrated on its own held-out logits; the exported model keeps its fold's
+        fitted = calibrate_with(r["logits"], r["labels"], settings.calibration, f"validation fold {r['fold']}")
+        r["calibration"] = fitted if settings.calibration.enabled else None
     runs = [
         FoldRun(name=f"{name}-fold{r['fold']}", fold=r["fold"], path="", checkpoint_uri=None, best_epoch=1,
                 best_metrics=r["metrics"], history=[r["metrics"]], n_train=r["n_train"], n_val=r["n_val"],
-                wall_s=r["wall_s"], params={"recipe": "probe", "probe_c": t.probe_c})
+                wall_s=r["wall_s"], params={"recipe": "probe", "probe_c": t.probe_c}, calibration=r["calibration"])
         for r in results
     ]  # fmt: skip
     f1s = [run.f1 for run in runs]
@@ -224,9 +227,8 @@ def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] |
         params={"recipe": "probe", "probe_c": t.probe_c, "weights": t.weights, "fold": best["fold"],
                 "seed": settings.seed},
     )  # fmt: skip
-    if settings.calibration.enabled:
-        where = f"validation fold {best['fold']}"
-        card = card.calibrated(calibrate_with(best["logits"], best["labels"], settings.calibration, where))
+    if best["calibration"]:
+        card = card.calibrated(best["calibration"])
     model_uri = save_model(model, card, output or str(settings.workdir_path / "models" / name))
     return TrainOutcome(runs=runs, table=cv_table(runs), folds=assigned, model_uri=model_uri, best_fold=best["fold"],
                         f1_mean=cv_metrics["cv_f1_mean"], f1_std=cv_metrics["cv_f1_std"],

@@ -49,6 +49,7 @@ VAL = "val"
 CHECKPOINT_METRIC = "val_f1"
 VAL_CACHE_BYTES = 1 << 30  # validation folds up to about 1 GiB of uint8 views are decoded once per run
 VAL_VIEWS_ESTIMATE = 4  # views per validation image assumed by that estimate
+CALIBRATION_COLUMNS = ("temperature", "threshold", "review_share", "ece_before", "ece_after")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class FoldRun:
     wall_s: float
     stopped_early: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # the best checkpoint's (fitted on this fold's validation)
 
     @property
     def f1(self) -> float:
@@ -76,6 +78,8 @@ class FoldRun:
         row: dict[str, Any] = {"fold": self.fold, "best_epoch": self.best_epoch, "epochs_run": len(self.history)}
         for key in ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_auc"):
             row[key.removeprefix("val_")] = self.best_metrics.get(key, float("nan"))
+        if self.calibration:
+            row.update({key: self.calibration.get(key, float("nan")) for key in CALIBRATION_COLUMNS})
         row.update(n_train=self.n_train, n_val=self.n_val, wall_s=round(self.wall_s, 1))
         return row
 
@@ -367,6 +371,8 @@ def fit_fold(
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from raydetect.models.bundle import load_card
+
     train = settings.train
     train_df, val_df = labelled_rows(train_df), labelled_rows(val_df)
     name = name or unique_name(f"{train.backbone}-fold{fold if fold is not None else 'x'}")
@@ -449,11 +455,12 @@ def fit_fold(
         raise RuntimeError(f"training run {name} failed: {result.error}") from result.error
     output = result.return_value or {}
     best = result.get_best_checkpoint(CHECKPOINT_METRIC, "max") if result.best_checkpoints else None
+    checkpoint_uri = _checkpoint_uri(best, storage_uri) if best is not None else None
     return FoldRun(
         name=name,
         fold=fold,
         path=storage.join(storage_uri, name),
-        checkpoint_uri=_checkpoint_uri(best, storage_uri) if best is not None else None,
+        checkpoint_uri=checkpoint_uri,
         best_epoch=int(output.get("best_epoch", -1)),
         best_metrics=dict(output.get("best_metrics", {})),
         history=list(output.get("history", [])),
@@ -462,6 +469,7 @@ def fit_fold(
         wall_s=wall,
         stopped_early=bool(output.get("stopped_early", False)),
         params=params,
+        calibration=load_card(checkpoint_uri).calibration if checkpoint_uri else None,
     )
 
 

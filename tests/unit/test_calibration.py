@@ -141,3 +141,19 @@ def test_fit_keeps_the_best_epochs_validation_logits_for_calibration():
     assert np.array_equal(logits, seen[result.best_epoch - 1])
     val_loss = result.best_metrics["val_loss"]
     assert nll(logits, labels) == pytest.approx(val_loss, rel=1e-4)  # the loop's loss is the uncalibrated NLL
+
+
+def test_the_cv_table_shows_each_folds_calibration():
+    from raydetect.train.cv import cv_table, format_cv_table
+    from raydetect.train.trainer import FoldRun
+
+    def run(fold: int, temperature: float) -> FoldRun:
+        cal = {"temperature": temperature, "threshold": 0.4 + fold / 10, "review_share": 0.2, "ece_before": 0.1,
+               "ece_after": 0.05}  # fmt: skip
+        return FoldRun(name=f"f{fold}", fold=fold, path="", checkpoint_uri=None, best_epoch=1,
+                       best_metrics={"val_f1": 0.8}, history=[], n_train=10, n_val=5, wall_s=1.0, calibration=cal)  # fmt: skip
+
+    table = cv_table([run(0, 1.5), run(1, 0.7)])
+    assert table["temperature"].tolist()[:2] == [1.5, 0.7] and table["threshold"].tolist()[:2] == [0.4, 0.5]
+    text = format_cv_table(table)
+    assert "temperature" in text.splitlines()[0] and "review_share" in text.splitlines()[0]
