@@ -151,7 +151,8 @@ def test_the_cv_table_shows_each_folds_calibration():
         cal = {"temperature": temperature, "threshold": 0.4 + fold / 10, "review_share": 0.2, "ece_before": 0.1,
                "ece_after": 0.05}  # fmt: skip
         return FoldRun(name=f"f{fold}", fold=fold, path="", checkpoint_uri=None, best_epoch=1,
-                       best_metrics={"val_f1": 0.8}, history=[], n_train=10, n_val=5, wall_s=1.0, calibration=cal)  # fmt: skip
+                       best_metrics={"val_f1": 0.8}, history=[], n_train=10, n_val=5, wall_s=1.0,
+                       calibration=cal)  # fmt: skip
 
     table = cv_table([run(0, 1.5), run(1, 0.7)])
     assert table["temperature"].tolist()[:2] == [1.5, 0.7] and table["threshold"].tolist()[:2] == [0.4, 0.5]
