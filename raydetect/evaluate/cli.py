@@ -46,8 +46,9 @@ def evaluate(
     checks = {}
     if model is not None:  # perturbed and attacked copies are re-scored, so they need the model itself
         from raydetect.evaluate.robustness import model_checks
+        from raydetect.score.pipeline import parse_models
 
-        checks = model_checks(model, labelled, settings)
+        checks = {"card": parse_models(model).card, **model_checks(model, labelled, settings)}
     summary = write_report(predictions, labelled, output, threshold, context=context, settings=settings.evaluate,
                            **checks)  # fmt: skip
     overall, cal = summary["overall"], summary["calibration"]

@@ -330,15 +330,15 @@ def load_predictions(uri: str) -> pd.DataFrame:
 
 
 def run_card(predictions_uri: str):
-    """A decision card for a scoring run from its `_SUMMARY.json` (threshold, band, calibration); None if
-    the run has no summary."""
+    """A decision card for a scoring run from its `_SUCCESS` manifest (threshold, band, calibration of the
+    model card it scored with); None for a run without one."""
     from raydetect.models.bundle import ModelCard
+    from raydetect.score.results import read_success
 
-    uri = storage.join(predictions_uri, "_SUMMARY.json")
-    if not storage.exists(uri):
+    run = read_success(predictions_uri)
+    if not run or "model_name" not in run:
         return None
-    run = json.loads(storage.read_text(uri))
-    return ModelCard(backbone="run", name=str(run.get("model_name")), version=str(run.get("model_version")),
+    return ModelCard(backbone="run", name=str(run["model_name"]), version=str(run.get("model_version")),
                      threshold=float(run.get("threshold", 0.5)), review_band=list(run.get("review_band", [0.4, 0.6])),
                      calibration=run.get("calibration"))  # fmt: skip
 
@@ -357,7 +357,7 @@ def write_report(
     adversarial: pd.DataFrame | None = None,
 ) -> dict:
     """Join predictions to labels, write the HTML report and a JSON summary beside it; return the summary.
-    Without `card`, the scoring run's `_SUMMARY.json` calibration (when recorded) gives the temperature."""
+    Without `card`, the scoring run's `_SUCCESS` manifest gives threshold, band and calibration."""
     from raydetect.evaluate.metrics import join_predictions
 
     predictions = load_predictions(predictions_uri)

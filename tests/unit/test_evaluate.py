@@ -154,3 +154,16 @@ def test_weighted_metrics_equal_binary_metrics_on_the_drawn_images():
         slow = binary_metrics(labels[index], prob[index], 0.5)
         for name in HEADLINE:
             assert fast[name][r] == pytest.approx(slow[name]), name
+
+
+def test_write_report_takes_the_calibration_from_the_runs_manifest(tmp_path: Path):
+    frame = _scored(40)
+    run = tmp_path / "preds"
+    run.mkdir()
+    frame.assign(error=None, threshold=0.45)[["path", "prob_ai", "error", "threshold"]].to_parquet(run / "p.parquet")
+    manifest = {"model_name": "m", "model_version": "1", "threshold": 0.45, "review_band": [0.3, 0.55],
+                "calibration": {"temperature": 1.7, "threshold": 0.45, "review_band": [0.3, 0.55], "bins": 10}}
+    (run / "_SUCCESS").write_text(json.dumps(manifest))
+    summary = write_report(str(run), frame.drop(columns=["prob_ai"]), str(tmp_path / "r.html"))
+    assert summary["calibration"]["temperature"] == 1.7 and "ece_before" in summary["calibration"]
+    assert summary["decision"]["review_band"] == [0.3, 0.55] and summary["threshold"] == 0.45
