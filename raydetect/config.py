@@ -84,6 +84,9 @@ class TrainSettings(_Section):
     augment_strength: float = Field(0.0, ge=0)
     image_size: int | None = Field(None, gt=0)  # null -> images.size
     crop_size: int | None = Field(128, gt=0)  # train on random crops of this side at native resolution
+    adv: Literal["none", "fgsm", "pgd"] = "none"  # adversarial training (loss: mean of clean and attacked)
+    adv_eps_255: float = Field(2.0, ge=0)  # its L-inf budget in grey levels (eps = v / 255)
+    adv_steps: int = Field(10, gt=0)  # PGD steps
     augment_views: int = Field(8, gt=0)  # differently-seeded augmented copies of the train set, cycled per epoch
     storage_path: str | None = None  # Ray Train checkpoints (local or s3://); null -> <workdir>/runs
     use_gpu: bool | None = None  # null -> when the cluster has GPUs
@@ -94,6 +97,31 @@ class TrainSettings(_Section):
     model_name: str = "raydetect"
     tune_num_samples: int = Field(8, gt=0)
     tune_max_concurrent: int | None = Field(None, gt=0)  # null -> as many trials as the cluster's CPUs/GPUs fit
+
+
+class CalibrationSettings(_Section):
+    """Fitted on the validation fold at the end of training (per fold in CV); recorded in the model card."""
+
+    enabled: bool = True  # false: temperature 1, threshold 0.5, review band 0.4-0.6 as before
+    threshold_rule: Literal["max_f1", "target_fpr", "fixed"] = "max_f1"
+    target_fpr: float = Field(0.05, ge=0, le=1)  # threshold_rule: target_fpr
+    fixed_threshold: float = Field(0.5, ge=0, le=1)  # threshold_rule: fixed
+    review_precision: float = Field(0.95, gt=0, le=1)  # outside the review band, decisions at least this precise
+    bins: int = Field(15, gt=1)  # equal-width P(AI) bins of the ECE and the reliability diagram
+    min_samples: int = Field(20, gt=0)  # fewer validation images: nothing fitted (temperature 1, defaults)
+
+
+class EvaluateSettings(_Section):
+    bootstrap: int = Field(1000, ge=0)  # resamples for the 95 % intervals of the headline metrics; 0: none
+    fairness_limit: float = Field(0.1, ge=0)  # equalized-odds difference across `category` flagged above
+    robustness_sample: int = Field(120, ge=0)  # labelled images re-scored per perturbation (0: no sweep)
+    perturbations: list[str] = ["jpeg90", "jpeg70", "jpeg50", "blur1", "blur2", "downscale0.5", "reencode"]
+    reencode: Literal["png", "jpeg"] = "jpeg"  # `reencode`: both classes to this one format (benchmark's encode)
+    reencode_quality: int = Field(95, ge=1, le=100)
+    adversarial_sample: int = Field(32, ge=0)  # labelled images attacked with --model (0: no adversarial table)
+    attacks: list[Literal["fgsm", "pgd"]] = ["fgsm", "pgd"]
+    attack_eps_255: list[float] = [1, 2, 4]  # L-inf budgets in grey levels of an 8-bit image (eps = v / 255)
+    pgd_steps: int = Field(10, gt=0)
 
 
 class ScoreSettings(_Section):
@@ -180,7 +208,9 @@ class Settings(_Section):
     images: ImageSettings = ImageSettings()
     benchmark: BenchmarkSettings = BenchmarkSettings()
     train: TrainSettings = TrainSettings()
+    calibration: CalibrationSettings = CalibrationSettings()
     score: ScoreSettings = ScoreSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
     tracking: TrackingSettings = TrackingSettings()
     serve: ServeSettings = ServeSettings()
     registry: RegistrySettings = RegistrySettings()

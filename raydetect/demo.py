@@ -99,20 +99,27 @@ def run_demo(
     from raydetect.data.manifest import read_manifest
 
     html = str(workdir / "reports" / "evaluation.html")
-    summary = _stage(
-        "5/6 evaluation report",
-        out,
-        lambda: write_evaluation(
+
+    def evaluation() -> dict[str, Any]:
+        from raydetect.evaluate.robustness import model_checks
+
+        labelled = read_manifest(bench_root, "test", settings)
+        return write_evaluation(
             out.outputs["predictions"],
-            read_manifest(bench_root, "test", settings),
+            labelled,
             html,
             title="raydetect demo: held-out test split of the offline benchmark",
             context={"model": model_dir, "backbone": settings.train.backbone, "benchmark": bench_root},
-        ),
-        log,
-    )
+            settings=settings.evaluate,
+            **model_checks(model_dir, labelled, settings),  # robustness sweep + adversarial table, on samples
+        )
+
+    summary = _stage("5/6 evaluation report (+ robustness, adversarial)", out, evaluation, log)
     out.outputs["evaluation report"] = html
     out.headline = {k: summary["overall"][k] for k in ("n", "accuracy", "f1", "auc_roc")}
+    calibration = summary["calibration"]
+    out.headline.update({k: calibration[k] for k in ("ece_before", "ece") if k in calibration})
+    out.headline["review_share"] = summary["decision"]["review_share"]
 
     out.outputs["registry"] = _stage(
         "registry: promote through the gates", out,

@@ -27,9 +27,11 @@ def free_port() -> int:
 
 
 def make_model(path: Path, backbone: str = "tinycnn", image_size: int = 64, version: str = "1", seed: int = 0,
-               name: str = "test-detector", input_filter: str = "none", views: str | None = None) -> str:
+               name: str = "test-detector", input_filter: str = "none", views: str | None = None,
+               temperature: float | None = None) -> str:
     """A randomly initialised model directory (weights `none`), deterministic for a seed; `views` = native
-    or resize records that view policy in the card (None: a card without one, scored as `resize`)."""
+    or resize records that view policy in the card (None: a card without one, scored as `resize`);
+    `temperature` records a calibration with it (threshold and band unchanged)."""
     import torch
 
     from raydetect.models.backbones import build_backbone
@@ -41,6 +43,9 @@ def make_model(path: Path, backbone: str = "tinycnn", image_size: int = 64, vers
     policy = ViewPolicy(mode=views, size=image_size).to_dict() if views else None
     card = ModelCard(backbone=backbone, name=name, version=version, image_size=image_size, threshold=0.5,
                      review_band=[0.45, 0.55], input_filter=input_filter, views=policy)
+    if temperature is not None:
+        card = card.calibrated({"temperature": temperature, "threshold": 0.5, "review_band": [0.45, 0.55],
+                                "threshold_rule": "fixed"})
     return save_model(model, card, str(path))
 
 

@@ -30,7 +30,9 @@ def evaluate(
 
     With --model, the split is scored first by the same Ray Data pipeline as `raydetect score` (into
     <workdir>/predictions/run=evaluate-<model version>, resumable), so evaluation sees exactly the P(AI)
-    that scoring and Serve give."""
+    that scoring and Serve give, and the report gains the robustness sweep (evaluate.robustness_sample
+    images re-scored after each of evaluate.perturbations) and the adversarial table (FGSM and PGD on
+    evaluate.adversarial_sample images)."""
     from raydetect.data.manifest import read_manifest
     from raydetect.evaluate.report import write_report
 
@@ -42,12 +44,21 @@ def evaluate(
         predictions = score_for_evaluation(data, model, split, settings)
     labelled = read_manifest(data, split=split, settings=settings)
     context = {"predictions": predictions, "data": data, **({"model": model} if model else {})}
-    summary = write_report(predictions, labelled, output, threshold, context=context)
-    overall = summary["overall"]
+    checks = {}
+    if model is not None:  # perturbed and attacked copies are re-scored, so they need the model itself
+        from raydetect.evaluate.robustness import model_checks
+        from raydetect.score.pipeline import parse_models
+
+        checks = {"card": parse_models(model).card, **model_checks(model, labelled, settings)}
+    summary = write_report(predictions, labelled, output, threshold, context=context, settings=settings.evaluate,
+                           **checks)  # fmt: skip
+    overall, cal = summary["overall"], summary["calibration"]
     typer.echo(
         f"accuracy {overall['accuracy']:.4f}  f1 {overall['f1']:.4f}  auc {overall['auc_roc']:.4f}  "
         f"(n={overall['n']}, unreadable={summary['errors']})"
     )
+    before = f"{cal['ece_before']:.4f} -> " if "ece_before" in cal else ""
+    typer.echo(f"ECE {before}{cal['ece']:.4f}  review share {summary['decision']['review_share']:.3f}")
     typer.echo(f"report: {output}")
 
 

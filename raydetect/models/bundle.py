@@ -2,14 +2,16 @@
 
 `raydetect score --model DIR`, Serve and the evaluation all load this one format, from a local path or
 `s3://`. The JSON carries what is needed to reproduce predictions: backbone, preprocessing, threshold and
-the uncertain band sent to human review.
+the uncertain band sent to human review, and `calibration` (evaluate/calibration.py): the temperature fitted
+on the validation fold, the rule that chose the threshold and band, and what they gave there. A card
+without it (made before calibration) keeps temperature 1 and its own threshold and band.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -42,6 +44,7 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, object] = field(default_factory=dict)
     views: dict[str, object] | None = None  # the view policy (models/views.py); None: legacy resize + crop
+    calibration: dict[str, object] | None = None  # temperature + decision rule (evaluate/calibration.py)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     format: str = FORMAT
 
@@ -49,6 +52,16 @@ class ModelCard:
     def view_policy(self) -> ViewPolicy:
         """How this model's inputs are made: the recorded policy, or `resize` for cards without one."""
         return ViewPolicy.from_dict(self.views, self.image_size)
+
+    @property
+    def temperature(self) -> float:
+        """P(AI) = sigmoid(logit / temperature); 1 for cards without a calibration."""
+        return float((self.calibration or {}).get("temperature", 1.0))
+
+    def calibrated(self, calibration: dict[str, object]) -> ModelCard:
+        """This card with `calibration` recorded and its threshold and review band taken as the decision."""
+        return replace(self, calibration=dict(calibration), threshold=float(calibration["threshold"]),
+                       review_band=[float(v) for v in calibration["review_band"]])  # fmt: skip
 
     def decide(self, prob_ai: float) -> str:
         """real / ai / review: probabilities inside the review band go to a person."""
@@ -101,7 +114,8 @@ class Detector:
     one P(AI) per image; `predict` / `logits` take preprocessed NCHW float arrays (one view each).
     `precision` (auto | fp32 | bf16 | fp16, see models/precision.py) is resolved for `device` once, here;
     `self.precision` is what the forward passes run (autocast), always fp32 output. `self.model` stays the
-    plain fp32 module (Grad-CAM takes its gradients in fp32)."""
+    plain fp32 module (Grad-CAM takes its gradients in fp32). Every P(AI) is `sigmoid(logit / T)` with the
+    card's temperature T (`probabilities`, the one place calibration is applied); `logits` stay raw."""
 
     def __init__(
         self,
@@ -132,9 +146,13 @@ class Detector:
             out = self.model(tensor)
         return out.float().reshape(-1).cpu().numpy()
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated P(AI) of raw logits (the card's temperature; 1 without a calibration)."""
+        return sigmoid(np.asarray(logits) / self.card.temperature)
+
     def predict(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """P(AI) per NCHW float input (one view each)."""
-        return sigmoid(self.logits(batch))
+        return self.probabilities(self.logits(batch))
 
     def view_logits(self, views: np.ndarray) -> np.ndarray:
         """Logits of uint8 NHWC views (normalised here, on the model's device)."""
@@ -146,4 +164,4 @@ class Detector:
 
     def predict_images(self, images: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
         """P(AI) per image from its views (`images[i]`: (N_i, h, w, 3) uint8), aggregated by the policy."""
-        return sigmoid(image_logits(self.view_logits, images, self.policy, max_batch))
+        return self.probabilities(image_logits(self.view_logits, images, self.policy, max_batch))

@@ -268,6 +268,7 @@ def score_run(
         "model_version": str(spec.card.version),
         "threshold": spec.card.threshold,
         "review_band": list(spec.card.review_band),
+        "calibration": spec.card.calibration,  # temperature + rule of a single model's card (None: T = 1)
         "models": [
             {"uri": u, "name": c.name, "version": str(c.version), "backbone": c.backbone, "weight": w}
             for u, c, w in zip(spec.uris, spec.cards, spec.weights, strict=True)

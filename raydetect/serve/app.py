@@ -185,6 +185,8 @@ class ModelInfo(BaseModel):
     views: dict[str, Any] = Field(description="the view policy: how an image becomes the model's inputs")
     threshold: float
     review_band: list[float]
+    temperature: float = Field(1.0, description="P(AI) = sigmoid(logit / temperature), from the card's calibration")
+    calibration: dict[str, Any] | None = Field(None, description="how temperature, threshold and band were chosen")
     model_uri: str
     registry_version: str | None = Field(None, description="the registry version answering, when from the registry")
     precision: str = Field(description="forward-pass precision the replica runs: fp32 | bf16 | fp16")
@@ -281,6 +283,8 @@ class DetectorModel:
             "std": list(card.std),
             "threshold": card.threshold,
             "review_band": list(card.review_band),
+            "temperature": card.temperature,
+            "calibration": card.calibration,
             "metrics": card.metrics,
             "created_at": card.created_at,
             "model_uri": self.model_uri,

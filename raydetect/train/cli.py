@@ -51,6 +51,12 @@ def train(
     recipe: Annotated[
         str | None, typer.Option(help="finetune (Ray Train) | probe (logistic regression on frozen features).")
     ] = None,
+    adv: Annotated[
+        str | None, typer.Option(help="Adversarial training: none | fgsm | pgd (loss: mean of clean and attacked).")
+    ] = None,
+    adv_eps: Annotated[
+        float | None, typer.Option(help="Its L-inf budget in grey levels of an 8-bit image: 2 means 2/255.")
+    ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -75,6 +81,8 @@ def train(
             "train.crop_size": crop_size,
             "train.storage_path": storage_path,
             "train.recipe": recipe,
+            "train.adv": adv,
+            "train.adv_eps_255": adv_eps,
         },
     )
     outcome = train_detector(root, settings, output=output)

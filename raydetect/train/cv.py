@@ -17,7 +17,14 @@ from typing import Any
 import pandas as pd
 
 from raydetect.config import Settings
-from raydetect.train.trainer import FoldRun, export_model, fit_fold, labelled_rows, unique_name
+from raydetect.train.trainer import (
+    CALIBRATION_COLUMNS,
+    FoldRun,
+    export_model,
+    fit_fold,
+    labelled_rows,
+    unique_name,
+)
 
 HOLDOUT_K = 5  # a single-fold run holds out 1/5 of the groups
 TABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
@@ -71,7 +78,8 @@ def format_cv_table(table: pd.DataFrame, title: str = "") -> str:
     if table.empty:
         return "(no folds)"
     per_fold = table[~table["fold"].isin(["mean", "std"])]
-    columns = ["fold", *[m for m in TABLE_METRICS if m in table.columns], "best_epoch", "epochs_run", "wall_s"]
+    columns = ["fold", *[m for m in TABLE_METRICS if m in table.columns], "best_epoch", "epochs_run",
+               *CALIBRATION_COLUMNS[:3], "wall_s"]  # fmt: skip
     columns = [c for c in columns if c in per_fold.columns]
     text = per_fold[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}")
     if len(per_fold) > 1:

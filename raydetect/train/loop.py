@@ -1,6 +1,7 @@
 """The training loop as plain PyTorch: what each Ray Train worker runs, and what tests run without Ray.
 
-AdamW, a per-step cosine schedule (linear warm-up optional), autocast by `precision` (models/precision.py;
+AdamW, a per-step cosine schedule (linear warm-up optional), optional adversarial training (`adv`: FGSM or
+PGD copies of every batch, evaluate/adversarial.py), autocast by `precision` (models/precision.py;
 `auto`: bf16 on CUDA where supported, else fp16 with a grad scaler; bf16 on CPUs with native bf16), optional
 stem freezing for the first epochs, early stopping on validation F1 (ties broken by validation loss), seeded.
 Batches are `(images, labels)` tuples or dicts with `image`, `label` and optionally `weight` (0 for rows that
@@ -50,6 +51,9 @@ class LoopConfig:
     views: dict[str, Any] | None = None  # the view policy of validation batches that carry `views`
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    adv: str | None = None  # fgsm | pgd: adversarial training (evaluate/adversarial.py); None / none: off
+    adv_eps: float = 2 / 255  # its L-inf budget in pixel units
+    adv_steps: int = 10  # PGD steps
 
     @property
     def view_policy(self) -> ViewPolicy:
@@ -66,13 +70,14 @@ class LoopConfig:
 
 @dataclass
 class FitResult:
-    """Per-epoch history, the best epoch by validation F1 and its metrics and weights."""
+    """Per-epoch history, the best epoch by validation F1, its metrics, weights and validation logits."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     best_metrics: dict[str, float] = field(default_factory=dict)
     best_state: dict[str, torch.Tensor] | None = None
     stopped_early: bool = False
+    best_val: tuple[np.ndarray, np.ndarray] | None = None  # (labels, raw logits) of the best epoch's validation
 
 
 def seed_everything(seed: int) -> None:
@@ -141,8 +146,11 @@ def train_one_epoch(
     precision: str = "auto",
     grad_clip: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    adversarial: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, int]:
-    """One pass over `batches`; returns (mean loss, number of examples). `scaler`: for fp16 only."""
+    """One pass over `batches`; returns (mean loss, number of examples). `scaler`: for fp16 only.
+    `adversarial(images, labels)`: adversarial copies of a batch; each row's loss is then the mean of its
+    clean and adversarial losses (Goodfellow et al., 2015), both in one forward pass."""
     precision = resolve_precision(precision, device)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     total, count = 0.0, 0.0
@@ -150,10 +158,15 @@ def train_one_epoch(
         images, labels, weights = _unpack(batch, device)
         if images.shape[0] == 0:
             continue
+        adv = adversarial(images, labels) if adversarial is not None else None
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, device):
-            logits = model(images).reshape(-1)
-        per_row = loss_fn(logits.float(), labels)
+            logits = model(images if adv is None else torch.cat([images, adv])).reshape(-1)
+        if adv is None:
+            per_row = loss_fn(logits.float(), labels)
+        else:
+            clean, attacked = logits.float().chunk(2)
+            per_row = 0.5 * (loss_fn(clean, labels) + loss_fn(attacked, labels))
         if weights is not None:
             per_row = per_row * weights
             n_rows = float(weights.sum())
@@ -198,39 +211,45 @@ def _view_batch_logits(
 
 
 @torch.inference_mode()
-def predict_batches(
+def predict_logits(
     model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str = "auto",
     config: LoopConfig | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, P(AI), mean BCE loss) over `batches`, model in eval mode."""
+    """(labels, raw logits, mean BCE loss) over `batches`, model in eval mode (what calibration is fitted on)."""
     precision = resolve_precision(precision, device)
     model.eval()
     config = config or LoopConfig()
     labels_out: list[np.ndarray] = []
-    probs_out: list[np.ndarray] = []
+    logits_out: list[np.ndarray] = []
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     total = 0.0
     for batch in batches:
         if isinstance(batch, Mapping) and "views" in batch:
             logits, labels = _view_batch_logits(model, batch, device, precision, config)
-            total += float(loss_fn(logits, labels))
-            labels_out.append(labels.cpu().numpy())
-            probs_out.append(torch.sigmoid(logits).cpu().numpy())
-            continue
-        images, labels, weights = _unpack(batch, device)
-        if images.shape[0] == 0:
-            continue
-        with autocast(precision, device):
-            logits = model(images).reshape(-1).float()
-        if weights is not None:  # rows that failed to decode are not scored
-            keep = weights > 0
-            logits, labels = logits[keep], labels[keep]
+        else:
+            images, labels, weights = _unpack(batch, device)
+            if images.shape[0] == 0:
+                continue
+            with autocast(precision, device):
+                logits = model(images).reshape(-1).float()
+            if weights is not None:  # rows that failed to decode are not scored
+                keep = weights > 0
+                logits, labels = logits[keep], labels[keep]
         total += float(loss_fn(logits, labels))
         labels_out.append(labels.cpu().numpy())
-        probs_out.append(torch.sigmoid(logits).cpu().numpy())
+        logits_out.append(logits.cpu().numpy())
     labels_all = np.concatenate(labels_out) if labels_out else np.zeros(0)
-    probs_all = np.concatenate(probs_out) if probs_out else np.zeros(0)
-    return labels_all, probs_all, (total / len(labels_all) if len(labels_all) else float("nan"))
+    logits_all = np.concatenate(logits_out) if logits_out else np.zeros(0)
+    return labels_all, logits_all, (total / len(labels_all) if len(labels_all) else float("nan"))
+
+
+def predict_batches(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str = "auto",
+    config: LoopConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, P(AI), mean BCE loss) over `batches`, model in eval mode (uncalibrated: temperature 1)."""
+    labels, logits, loss = predict_logits(model, batches, device, precision, config)
+    return labels, torch.sigmoid(torch.as_tensor(logits)).numpy(), loss
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -274,6 +293,7 @@ class EarlyStopping:
 
 
 EpochCallback = Callable[[dict[str, float], nn.Module, bool], None]
+ValidationCallback = Callable[[np.ndarray, np.ndarray], None]
 
 
 def fit(
@@ -286,12 +306,15 @@ def fit(
     on_epoch: EpochCallback | None = None,
     sync_stop: Callable[[bool], bool] | None = None,
     keep_best_state: bool = True,
+    on_validation: ValidationCallback | None = None,
 ) -> FitResult:
     """Train `model` (already on `device`, possibly DDP-wrapped) and validate after every epoch.
 
     `train_batches()` / `val_batches()` return a fresh iterable per epoch. `on_epoch(record, model, improved)`
     runs after each epoch (Ray: report + checkpoint). `sync_stop(local_decision)` makes every worker agree on
-    early stopping (rank 0 decides). The returned history has one dict per epoch:
+    early stopping (rank 0 decides). `on_validation(labels, logits)` sees each epoch's raw validation logits
+    before `on_epoch` (the trainer fits the calibration of an improved epoch on them). The returned history
+    has one dict per epoch:
     epoch, lr, train_loss, val_loss, val_accuracy, val_precision, val_recall, val_f1, val_auc, best_val_f1.
     """
     device = torch.device(device)
@@ -307,6 +330,7 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     stopper = EarlyStopping(config.patience)
     result = FitResult()
+    adversarial = adversarial_examples(model, config)
 
     for epoch in range(config.epochs):
         frozen = epoch < config.freeze_stem_epochs
@@ -314,13 +338,16 @@ def fit(
         set_stem_frozen(model, frozen)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, _ = train_one_epoch(
-            model, train_batches(), optimizer, scheduler, device, precision, config.grad_clip, scaler
+            model, train_batches(), optimizer, scheduler, device, precision, config.grad_clip, scaler, adversarial
         )
         if scheduler_per_step is not None:
             scheduler_per_step.step()
         if frozen:
             set_stem_frozen(model, False)
-        labels, probs, val_loss = predict_batches(model, val_batches(), device, precision, config)
+        labels, logits, val_loss = predict_logits(model, val_batches(), device, precision, config)
+        if on_validation is not None:
+            on_validation(labels, logits)
+        probs = torch.sigmoid(torch.as_tensor(logits)).numpy()
         metrics = classification_metrics(labels, probs, config.threshold)
         improved = stopper.update(metrics["f1"], val_loss)
         record = {
@@ -336,6 +363,7 @@ def fit(
         result.history.append(record)
         if improved:
             result.best_epoch, result.best_metrics = epoch + 1, dict(record)
+            result.best_val = (labels, logits)
             if keep_best_state:
                 result.best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         stop = stopper.should_stop and epoch + 1 < config.epochs
@@ -348,6 +376,20 @@ def fit(
             result.stopped_early = True
             break
     return result
+
+
+def adversarial_examples(model: nn.Module, config: LoopConfig):
+    """`(images, labels) -> adversarial images` for `config.adv` (None when off): the attack of
+    evaluate/adversarial.py on the plain module (not its DDP wrapper), in pixel units of `adv_eps`."""
+    if config.adv in (None, "", "none"):
+        return None
+    from raydetect.evaluate.adversarial import attack_normalised
+
+    def make(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return attack_normalised(unwrap(model), images, labels, config.adv, config.adv_eps, config.mean, config.std,
+                                 config.adv_steps, seed=config.seed)  # fmt: skip
+
+    return make
 
 
 def tensor_batches(

@@ -10,8 +10,9 @@
    folds, scored on the held-out fold (the same grouped folds as fine-tuning, the same metrics table).
 3. the model: the probe of the best fold, folded into the backbone's own head (scaler and logistic
    regression are one affine map), saved as an ordinary model directory, so score, Serve, evaluate and
-   Grad-CAM load it like any other. Averaging view features and averaging view logits agree for a linear
-   head, so the probe needs the `mean` view aggregation.
+   Grad-CAM load it like any other; calibrated on that fold's held-out logits (`calibration:` settings).
+   Averaging view features and averaging view logits agree for a linear head, so the probe needs the
+   `mean` view aggregation.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 
 from raydetect import storage
 from raydetect.config import Settings
+from raydetect.evaluate.calibration import calibrate_with
 from raydetect.models.backbones import build_backbone, default_normalization, head_module
 from raydetect.models.views import ViewPolicy, map_views, normalize, read_views
 
@@ -176,12 +178,14 @@ def probe_folds(assigned: pd.DataFrame, features: pd.DataFrame, c: float, seed: 
         start = time.perf_counter()
         val = (frame["fold"] == fold).to_numpy()
         probe = fit_probe(x[~val], y[~val], c, seed)
+        logits = probe.decision_function(x[val])
         probs = probe.predict_proba(x[val])[:, 1]
         eps = 1e-7
         loss = float(np.mean(-(y[val] * np.log(probs + eps) + (1 - y[val]) * np.log(1 - probs + eps))))
         metrics = {f"val_{k}": float(v) for k, v in classification_metrics(y[val], probs).items()}
         out.append({"fold": int(fold), "probe": probe, "metrics": {"val_loss": loss, **metrics},
-                    "n_train": int((~val).sum()), "n_val": int(val.sum()), "wall_s": time.perf_counter() - start})
+                    "n_train": int((~val).sum()), "n_val": int(val.sum()), "wall_s": time.perf_counter() - start,
+                    "labels": y[val], "logits": logits})
     return out
 
 
@@ -201,10 +205,13 @@ def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] |
         assigned = assigned.assign(fold=np.where(assigned["fold"].isin(folds), assigned["fold"], -1))
     features = extract_features(assigned, settings, policy)
     results = [r for r in probe_folds(assigned, features, t.probe_c, settings.seed) if r["fold"] >= 0]
+    for r in results:  # each fold calibrated on its own held-out logits; the exported model keeps its fold's
+        fitted = calibrate_with(r["logits"], r["labels"], settings.calibration, f"validation fold {r['fold']}")
+        r["calibration"] = fitted if settings.calibration.enabled else None
     runs = [
         FoldRun(name=f"{name}-fold{r['fold']}", fold=r["fold"], path="", checkpoint_uri=None, best_epoch=1,
                 best_metrics=r["metrics"], history=[r["metrics"]], n_train=r["n_train"], n_val=r["n_val"],
-                wall_s=r["wall_s"], params={"recipe": "probe", "probe_c": t.probe_c})
+                wall_s=r["wall_s"], params={"recipe": "probe", "probe_c": t.probe_c}, calibration=r["calibration"])
         for r in results
     ]  # fmt: skip
     f1s = [run.f1 for run in runs]
@@ -220,6 +227,8 @@ def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] |
         params={"recipe": "probe", "probe_c": t.probe_c, "weights": t.weights, "fold": best["fold"],
                 "seed": settings.seed},
     )  # fmt: skip
+    if best["calibration"]:
+        card = card.calibrated(best["calibration"])
     model_uri = save_model(model, card, output or str(settings.workdir_path / "models" / name))
     return TrainOutcome(runs=runs, table=cv_table(runs), folds=assigned, model_uri=model_uri, best_fold=best["fold"],
                         f1_mean=cv_metrics["cv_f1_mean"], f1_std=cv_metrics["cv_f1_std"],

@@ -12,7 +12,10 @@ Rows that could not be read or decoded stay in their batch with weight 0 (so dat
 taking the same number of steps) and count for nothing; `raydetect data verify` lists them.
 
 Each epoch every worker calls `ray.train.report` with the validation loss, accuracy, precision, recall, F1
-and AUC-ROC; rank 0 attaches a checkpoint when validation F1 improved. A checkpoint is a raydetect model
+and AUC-ROC; rank 0 attaches a checkpoint when validation F1 improved. That checkpoint's card carries the
+calibration fitted on the same epoch's validation logits (`calibration:` settings; evaluate/calibration.py):
+temperature, threshold and review band by the configured rule, so each fold's model is calibrated on its
+own validation fold. A checkpoint is a raydetect model
 directory (`model.json` + `weights.pt`), so the best one loads with `raydetect.models.bundle.load_model`
 straight from the run's `storage_path` (local or `s3://`). `CheckpointConfig(num_to_keep=1,
 checkpoint_score_attribute="val_f1")` keeps only the best.
@@ -36,6 +39,7 @@ from raydetect import storage
 from raydetect.cluster import connect
 from raydetect.config import Settings
 from raydetect.data.transforms import native_crop
+from raydetect.evaluate.calibration import calibrate_with
 from raydetect.models.backbones import default_normalization, weights_source
 from raydetect.models.views import ViewPolicy, read_views
 from raydetect.train.loop import LoopConfig
@@ -45,6 +49,7 @@ VAL = "val"
 CHECKPOINT_METRIC = "val_f1"
 VAL_CACHE_BYTES = 1 << 30  # validation folds up to about 1 GiB of uint8 views are decoded once per run
 VAL_VIEWS_ESTIMATE = 4  # views per validation image assumed by that estimate
+CALIBRATION_COLUMNS = ("temperature", "threshold", "review_share", "ece_before", "ece_after")
 
 
 @dataclass
@@ -63,6 +68,7 @@ class FoldRun:
     wall_s: float
     stopped_early: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # the best checkpoint's (fitted on this fold's validation)
 
     @property
     def f1(self) -> float:
@@ -72,6 +78,8 @@ class FoldRun:
         row: dict[str, Any] = {"fold": self.fold, "best_epoch": self.best_epoch, "epochs_run": len(self.history)}
         for key in ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_auc"):
             row[key.removeprefix("val_")] = self.best_metrics.get(key, float("nan"))
+        if self.calibration:
+            row.update({key: self.calibration.get(key, float("nan")) for key in CALIBRATION_COLUMNS})
         row.update(n_train=self.n_train, n_val=self.n_val, wall_s=round(self.wall_s, 1))
         return row
 
@@ -210,6 +218,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
+    from raydetect.config import CalibrationSettings
     from raydetect.models.backbones import build_backbone
     from raydetect.models.bundle import ModelCard, save_model
     from raydetect.train.loop import fit, seed_everything
@@ -261,6 +270,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         return local
 
     prior_f1s = [float(f) for f in cfg.get("prior_f1s", [])]
+    calibration = CalibrationSettings(**cfg.get("calibration", {}))
+    last_val: dict[str, np.ndarray] = {}
+
+    def on_validation(labels: np.ndarray, logits: np.ndarray) -> None:
+        last_val.update(labels=labels, logits=logits)
 
     def on_epoch(record: dict[str, float], plain_model: torch.nn.Module, improved: bool) -> None:
         metrics: dict[str, Any] = dict(record)
@@ -275,6 +289,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 **cfg["card"],
                 metrics={k: float(v) for k, v in record.items() if k.startswith("val_") or k == "epoch"},
             )
+            if calibration.enabled:
+                where = "validation" + ("" if cfg.get("fold") is None else f" fold {cfg['fold']}")
+                card = card.calibrated(calibrate_with(last_val["logits"], last_val["labels"], calibration, where))
             with tempfile.TemporaryDirectory() as tmp:
                 save_model(plain_model, card, tmp)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -291,6 +308,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         on_epoch=on_epoch,
         sync_stop=sync_stop,
         keep_best_state=False,
+        on_validation=on_validation,
     )
     return {
         "history": result.history,
@@ -323,6 +341,9 @@ def loop_config(settings: Settings, **overrides: Any) -> LoopConfig:
         "freeze_stem_epochs": train.freeze_stem_epochs,
         "seed": settings.seed,
         "precision": settings.precision,
+        "adv": train.adv,
+        "adv_eps": train.adv_eps_255 / 255,
+        "adv_steps": train.adv_steps,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return LoopConfig.from_dict(values)
@@ -350,6 +371,8 @@ def fit_fold(
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from raydetect.models.bundle import load_card
+
     train = settings.train
     train_df, val_df = labelled_rows(train_df), labelled_rows(val_df)
     name = name or unique_name(f"{train.backbone}-fold{fold if fold is not None else 'x'}")
@@ -376,6 +399,7 @@ def fit_fold(
         "input_filter": train.input_filter,
         "seed": settings.seed,
         "fold": fold,
+        **({"adv": train.adv, "adv_eps_255": train.adv_eps_255} if train.adv != "none" else {}),
     }
     cfg = {
         "backbone": train.backbone,
@@ -389,6 +413,7 @@ def fit_fold(
         "fold": fold,
         "prior_f1s": list(prior_f1s),
         "last_fold": last_fold,
+        "calibration": settings.calibration.model_dump(),
         "cache_val": len(val_df) * 3 * image_size(settings) ** 2 * VAL_VIEWS_ESTIMATE <= VAL_CACHE_BYTES,
         "card": {
             "backbone": train.backbone,
@@ -430,11 +455,12 @@ def fit_fold(
         raise RuntimeError(f"training run {name} failed: {result.error}") from result.error
     output = result.return_value or {}
     best = result.get_best_checkpoint(CHECKPOINT_METRIC, "max") if result.best_checkpoints else None
+    checkpoint_uri = _checkpoint_uri(best, storage_uri) if best is not None else None
     return FoldRun(
         name=name,
         fold=fold,
         path=storage.join(storage_uri, name),
-        checkpoint_uri=_checkpoint_uri(best, storage_uri) if best is not None else None,
+        checkpoint_uri=checkpoint_uri,
         best_epoch=int(output.get("best_epoch", -1)),
         best_metrics=dict(output.get("best_metrics", {})),
         history=list(output.get("history", [])),
@@ -443,6 +469,7 @@ def fit_fold(
         wall_s=wall,
         stopped_early=bool(output.get("stopped_early", False)),
         params=params,
+        calibration=load_card(checkpoint_uri).calibration if checkpoint_uri else None,
     )
 
 

@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 def server(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("serve_api")
     model1 = make_model(tmp / "model1", "tinycnn", image_size=64, version="1", seed=1, input_filter="npr",
-                        views="native")
+                        views="native", temperature=0.5)
     settings = settings_for_tests(tmp)
     with serve_instance() as url:
         deploy(settings, model1)
@@ -125,6 +125,16 @@ def test_score_serve_and_evaluate_give_the_same_prob_for_the_same_file(server, t
                                                                       batch["views"])
     assert by_score["views"].tolist() == [1, 6, 12, 2]
     assert (tmp_path / "report.html").exists()
+    # all three apply the card's temperature (0.5): P(AI) = sigmoid(logit / 0.5) of the raw aggregated logit
+    from raydetect.data.images import decode_image
+    from raydetect.models.bundle import Detector
+    from raydetect.models.views import aggregate, make_views, sigmoid
+
+    detector = Detector.load(model, device="cpu")
+    views = make_views(decode_image((root / rows[1]["file_name"]).read_bytes()), detector.policy)
+    raw = aggregate(detector.view_logits(views), detector.policy)
+    assert by_score.loc[rows[1]["file_name"], "prob_ai"] == pytest.approx(float(sigmoid(raw / 0.5)), abs=1e-6)
+    assert "alt='reliability diagram'" in (tmp_path / "report.html").read_text()
 
 
 def test_batch_endpoint(server):
@@ -192,6 +202,7 @@ def test_model_info_health_docs_and_page(server):
     assert info["version"] == "1" and info["backbone"] == "tinycnn" and info["image_size"] == 64
     assert info["views"]["mode"] == "native" and info["views"]["size"] == 64
     assert info["input_filter"] == "npr"
+    assert info["temperature"] == 0.5 and info["calibration"]["threshold_rule"] == "fixed"
     assert info["precision"] == resolved_precision("cpu", "auto")  # bf16 where this CPU has it natively, else fp32
     assert info["max_batch_size"] == 16 and info["auth"] == {"api_key": False}
     assert info["limits"]["max_body_bytes"] == 1_000_000

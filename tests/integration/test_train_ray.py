@@ -53,6 +53,7 @@ def test_fold_learns_checkpoints_to_s3_and_logs_to_mlflow(ray_cluster, s3_bucket
 
     root = make_kaggle_dataset(tmp_path / "data", n_pairs=32, size=32)
     settings = tiny_settings(tmp_path, epochs=5, storage_path=f"{s3_bucket}/runs")
+    settings.calibration.min_samples = 8  # the validation fold has ~13 images: calibrate it anyway
     outcome = train_detector(str(root), settings, cv=1, fold=0, output=f"{s3_bucket}/models/tiny")
     (run,) = outcome.runs
 
@@ -63,20 +64,28 @@ def test_fold_learns_checkpoints_to_s3_and_logs_to_mlflow(ray_cluster, s3_bucket
     assert {"val_loss", "val_precision", "val_recall", "val_f1", "val_auc"} <= set(run.best_metrics)
 
     # The best checkpoint lives on the S3 server, is a model directory, and reproduces the validation
-    # metrics the worker reported for it: same predictions after the round trip.
+    # metrics the worker reported for it: same predictions after the round trip. Its card carries the
+    # calibration fitted on that epoch's validation logits, and the detector applies it: its P(AI) has the
+    # calibrated NLL, the raw logits the uncalibrated loss the loop reported; a temperature keeps every
+    # image on its side of 0.5, so the accuracy at 0.5 is the loop's.
     assert run.checkpoint_uri.startswith(f"{s3_bucket}/runs/"), run.checkpoint_uri
     detector = Detector.load(run.checkpoint_uri, device="cpu")
     assert detector.policy.mode == "native" and detector.card.views is not None  # validated as it is scored
     probs, y = _val_probs(outcome, 0, detector)
     eps = 1e-7
     loss = float(np.mean(-(y * np.log(probs + eps) + (1 - y) * np.log(1 - probs + eps))))
-    assert loss == pytest.approx(detector.card.metrics["val_loss"], rel=1e-3, abs=1e-4)
+    cal = detector.card.calibration
+    assert cal["fitted_on"] == "validation fold 0" and cal["n"] == len(y) and "skipped" not in cal
+    assert loss == pytest.approx(cal["nll_after"], rel=1e-3, abs=1e-4)
+    assert cal["nll_before"] == pytest.approx(detector.card.metrics["val_loss"], rel=1e-3, abs=1e-4)
+    assert detector.card.threshold == cal["threshold"] and detector.card.review_band == cal["review_band"]
     assert float(np.mean((probs >= 0.5) == y)) == pytest.approx(detector.card.metrics["val_accuracy"])
     # The exported model (--output on S3) is the same network with the CV summary in its card.
     exported = Detector.load(outcome.model_uri, device="cpu")
     np.testing.assert_array_equal(_val_probs(outcome, 0, exported)[0], probs)
     assert exported.card.metrics["cv_f1_mean"] == pytest.approx(run.f1)
     assert exported.card.backbone == "tinycnn" and exported.card.image_size == 32
+    assert exported.card.calibration == cal
 
     # MLflow holds the run: params, a nested fold run with one point per epoch, the model as an artifact.
     client = mlflow.MlflowClient(settings.mlflow_uri())

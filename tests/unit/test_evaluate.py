@@ -5,7 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raydetect.evaluate.metrics import binary_metrics, join_predictions, metrics_by_group
+from raydetect.evaluate.metrics import (
+    HEADLINE,
+    binary_metrics,
+    bootstrap_intervals,
+    equalized_odds,
+    join_predictions,
+    metrics_by_group,
+    weighted_metrics,
+)
 from raydetect.evaluate.report import evaluate_frame, render_report, write_report
 
 
@@ -81,3 +89,81 @@ def test_report_is_one_self_contained_html_file(tmp_path: Path):
     out = tmp_path / "report.html"
     summary = write_report(str(run), frame.drop(columns=["prob_ai"]), str(out))
     assert out.exists() and json.loads((tmp_path / "report.json").read_text())["overall"]["n"] == len(frame)
+
+
+def test_bootstrap_intervals_contain_the_point_estimate():
+    frame = _scored(200, seed=1)
+    labels, prob = frame["label"].to_numpy(), frame["prob_ai"].to_numpy()
+    prob = np.clip(prob + np.random.default_rng(2).normal(0, 0.2, len(prob)), 0, 1)  # not separable
+    point = binary_metrics(labels, prob, 0.5)
+    intervals = bootstrap_intervals(labels, prob, 0.5, n_resamples=300, seed=0)
+    assert set(intervals) == set(HEADLINE)
+    for name, (low, high) in intervals.items():
+        assert low <= point[name] <= high, (name, low, point[name], high)
+        assert high - low > 0  # 200 images: real uncertainty
+    again = bootstrap_intervals(labels, prob, 0.5, n_resamples=300, seed=0)
+    assert again == intervals  # seeded
+
+
+def test_equalized_odds_difference_of_a_constructed_example():
+    # human: TPR 1/2, FPR 0/2; other: TPR 2/2, FPR 1/2 -> gaps 0.5 and 0.5
+    frame = pd.DataFrame({
+        "label": [1, 1, 0, 0, 1, 1, 0, 0],
+        "prob_ai": [0.9, 0.1, 0.2, 0.3, 0.8, 0.7, 0.6, 0.1],
+        "category": ["human"] * 4 + ["other"] * 4,
+    })  # fmt: skip
+    assert equalized_odds(frame, "category", 0.5) == pytest.approx(0.5)
+    assert equalized_odds(frame.assign(category="all"), "category", 0.5) == 0.0
+
+
+def test_report_has_calibration_intervals_pr_curve_and_a_fairness_flag():
+    from raydetect.config import EvaluateSettings
+    from raydetect.models.bundle import ModelCard
+
+    frame = _scored(80, seed=3)
+    frame["prob_ai"] = np.clip(frame["prob_ai"] + np.random.default_rng(4).normal(0, 0.25, 80), 0.01, 0.99)
+    cal = {"temperature": 2.0, "threshold": 0.5, "review_band": [0.4, 0.6], "threshold_rule": "max_f1",
+           "review_precision": 0.95, "fitted_on": "validation fold 0", "n": 50, "bins": 10}  # fmt: skip
+    card = ModelCard(backbone="tinycnn").calibrated(cal)
+    robustness = pd.DataFrame({"perturbation": ["clean", "jpeg50"], "n": [80, 80], "accuracy": [0.9, 0.7],
+                               "accuracy_drop": [0.0, 0.2]})  # fmt: skip
+    page, summary = render_report(frame, 0.5, card=card, settings=EvaluateSettings(bootstrap=50, fairness_limit=0.0),
+                                  robustness=robustness, adversarial=robustness.rename(
+                                      columns={"perturbation": "attack"}))  # fmt: skip
+    for alt in ("reliability diagram", "precision-recall curve", "ROC and score histogram", "confusion matrix"):
+        assert f"alt='{alt}'" in page
+    assert "95 % CI" in page and "max_f1" in page and "ABOVE THE LIMIT" in page
+    c = summary["calibration"]
+    assert c["temperature"] == 2.0 and c["bins"] == 10 and {"ece", "ece_before"} <= set(c)
+    expected = np.mean((frame["prob_ai"] >= 0.4) & (frame["prob_ai"] < 0.6))
+    assert summary["decision"]["review_share"] == pytest.approx(expected)
+    assert summary["fairness"]["flagged"] and summary["fairness"]["limit"] == 0.0
+    assert "<h2>Robustness</h2>" in page and "jpeg50" in page and "<h2>Adversarial attacks</h2>" in page
+    assert summary["robustness"][1] == {"perturbation": "jpeg50", "n": 80, "accuracy": 0.7, "accuracy_drop": 0.2}
+    json.dumps(summary, default=float)
+
+
+def test_weighted_metrics_equal_binary_metrics_on_the_drawn_images():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 60)
+    prob = np.round(rng.random(60), 1)  # ties on purpose
+    counts = rng.multinomial(60, np.full(60, 1 / 60), 4)
+    fast = weighted_metrics(labels, prob, counts, 0.5)
+    for r in range(4):
+        index = np.repeat(np.arange(60), counts[r])
+        slow = binary_metrics(labels[index], prob[index], 0.5)
+        for name in HEADLINE:
+            assert fast[name][r] == pytest.approx(slow[name]), name
+
+
+def test_write_report_takes_the_calibration_from_the_runs_manifest(tmp_path: Path):
+    frame = _scored(40)
+    run = tmp_path / "preds"
+    run.mkdir()
+    frame.assign(error=None, threshold=0.45)[["path", "prob_ai", "error", "threshold"]].to_parquet(run / "p.parquet")
+    manifest = {"model_name": "m", "model_version": "1", "threshold": 0.45, "review_band": [0.3, 0.55],
+                "calibration": {"temperature": 1.7, "threshold": 0.45, "review_band": [0.3, 0.55], "bins": 10}}
+    (run / "_SUCCESS").write_text(json.dumps(manifest))
+    summary = write_report(str(run), frame.drop(columns=["prob_ai"]), str(tmp_path / "r.html"))
+    assert summary["calibration"]["temperature"] == 1.7 and "ece_before" in summary["calibration"]
+    assert summary["decision"]["review_band"] == [0.3, 0.55] and summary["threshold"] == 0.45

@@ -14,6 +14,9 @@ pair so the real image's sharpness (`content.laplacian_ratio`) comes nearest its
 
 Every image is then encoded the same way (one format, one JPEG quality, no metadata), so container facts
 (format, size, quantisation tables, metadata) carry no label either.
+
+The same steps are the evaluation's perturbations (`evaluate/robustness.py`: `jpeg50`, `blur2`, ...), plus
+`downscaleF`, which the benchmark never draws: a bicubic resize by F that keeps the smaller size.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ OPS = ("bicubic", "blur", "jpeg")
 BICUBIC_RANGE = (0.5, 0.9)  # down-sampling factor, then back up to the original size
 BLUR_RANGE = (0.5, 1.5)  # Gaussian sigma, pixels
 JPEG_RANGE = (60, 95)  # quality
-_STEP = re.compile(r"^(hardneg:)?(bicubic|blur|jpeg)([0-9.]+)$")
+_STEP = re.compile(r"^(hardneg:)?(bicubic|blur|jpeg|downscale)([0-9.]+)$")
 HARDNEG = "hardneg:"
 HARDNEG_RESIZE = (0.25, 0.95)  # down-sampling factors a resized hard negative may use (then back up)
 HARDNEG_BLUR = (0.3, 2.5)  # Gaussian sigmas a blurred hard negative may use
@@ -62,13 +65,15 @@ def parse_processing(spec: str) -> list[tuple[str, float]]:
     for part in spec.split("+"):
         match = _STEP.match(part)
         if not match:
-            raise ValueError(f"bad processing step {part!r} in {spec!r} (expected bicubicF, blurF or jpegN)")
+            raise ValueError(
+            f"bad processing step {part!r} in {spec!r} (expected bicubicF, blurF, jpegN or downscaleF)"
+        )
         steps.append((match.group(2), float(match.group(3))))
     return steps
 
 
 def apply_processing(image: np.ndarray, spec: str) -> np.ndarray:
-    """Replay a processing spec on an RGB uint8 image; the size is unchanged."""
+    """Replay a processing spec on an RGB uint8 image; the size is unchanged unless it has a `downscale`."""
     steps = parse_processing(spec)
     if not steps:
         return image
@@ -78,7 +83,10 @@ def apply_processing(image: np.ndarray, spec: str) -> np.ndarray:
         if op == "bicubic":
             small = (max(1, round(width * value)), max(1, round(height * value)))
             pil = pil.resize(small, Image.Resampling.BICUBIC).resize((width, height), Image.Resampling.BICUBIC)
-        elif op == "blur":
+        elif op == "downscale":
+            width, height = max(1, round(width * value)), max(1, round(height * value))
+            pil = pil.resize((width, height), Image.Resampling.BICUBIC)
+        elif op == "blur":  # Pillow's radius is the Gaussian's standard deviation
             pil = pil.filter(ImageFilter.GaussianBlur(radius=value))
         else:
             buffer = io.BytesIO()
