@@ -1,7 +1,9 @@
 """A trained detector as a self-describing directory: `model.json` + `weights.pt`.
 
 `raydetect score --model DIR`, Serve and the evaluation all load this one format, from a local path or
-`s3://`. The JSON carries what is needed to reproduce predictions: backbone, preprocessing, threshold and
+`s3://`, through one dispatch point, `load_detector`: the card's `kind` says whether the directory holds a
+CNN (`Detector`) or a DIRE model (`models.dire.DireDetector`, the same `predict_images` interface). The JSON
+carries what is needed to reproduce predictions: backbone, preprocessing, threshold and
 the uncertain band sent to human review.
 """
 
@@ -44,6 +46,7 @@ class ModelCard:
     views: dict[str, object] | None = None  # the view policy (models/views.py); None: legacy resize + crop
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     format: str = FORMAT
+    kind: str = "cnn"  # cnn: a backbone + weights.pt (Detector) | dire: UNet + statistics head (models/dire.py)
 
     @property
     def view_policy(self) -> ViewPolicy:
@@ -147,3 +150,16 @@ class Detector:
     def predict_images(self, images: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
         """P(AI) per image from its views (`images[i]`: (N_i, h, w, 3) uint8), aggregated by the policy."""
         return sigmoid(image_logits(self.view_logits, images, self.policy, max_batch))
+
+
+def load_detector(uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto"):
+    """The one model resolver of scoring, Serve and evaluation: the card's `kind` picks `Detector` (cnn) or
+    `DireDetector` (dire); both give `.card`, `.policy`, `.device`, `.precision`, `.predict_images(views)`."""
+    card = load_card(uri)
+    if card.kind == "dire":
+        from raydetect.models.dire import DireDetector
+
+        return DireDetector.load(uri, device=device, view_mode=view_mode, precision=precision)
+    if card.kind != "cnn":
+        raise ValueError(f"{uri}: unknown model kind {card.kind!r} (cnn, dire)")
+    return Detector.load(uri, device=device, view_mode=view_mode, precision=precision)

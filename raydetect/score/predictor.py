@@ -1,7 +1,9 @@
 """The model stage of batch scoring: a callable class for `Dataset.map_batches(compute=ActorPoolStrategy)`.
 
 Each actor loads its model(s) once, through a `loader` given to its constructor (default
-`Detector.load`; tests pass their own), sets its torch thread count (Ray sets OMP_NUM_THREADS to the actor's
+`bundle.load_detector`: a CNN `Detector` or a `DireDetector`, by the card's kind, so a DIRE actor computes
+each view's reconstruction-error map and classifies it; tests pass their own), sets its torch thread
+count (Ray sets OMP_NUM_THREADS to the actor's
 fractional num_cpus, which would otherwise mean one thread), scores each image from the uint8 views the CPU
 stage made with the member's view policy (`Detector.predict_images`: normalised on the model's device,
 packed into forward passes of at most `batch_size` views of one shape, the views' logits aggregated by the
@@ -21,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raydetect.models.bundle import Detector, ModelCard
+from raydetect.models.bundle import ModelCard, load_detector
 from raydetect.models.views import VIEWS_PREFIX, ViewPolicy, read_views
 from raydetect.score.decision import combine_cards, decide_all, normalized_weights
 from raydetect.score.decode import ERROR
@@ -77,7 +79,7 @@ class Predictor:
     """`map_batches(Predictor, batch_format="pyarrow", compute=ActorPoolStrategy(...), fn_constructor_kwargs=...)`.
 
     members: model URIs; weights: one per member (None = equal); loader: URI -> detector (has `.card`,
-    `.policy` and `.predict_images(views) -> P(AI)`), default `Detector.load(uri, device, view_mode,
+    `.policy` and `.predict_images(views) -> P(AI)`), default `load_detector(uri, device, view_mode,
     precision)`; view_mode: None (each card's policy), `native` or `resize`; precision: the setting (auto |
     fp32 | bf16 | fp16) the default loader passes on; num_threads: torch threads (0 = this node's cores /
     pool_size, the actor pool's maximum size); max_batch: views per forward pass; schema: the output schema
@@ -98,7 +100,7 @@ class Predictor:
         max_batch: int = 32,
     ):
         torch.set_num_threads(num_threads if num_threads > 0 else auto_threads(pool_size))
-        loader = loader or partial(Detector.load, device=device, view_mode=view_mode, precision=precision)
+        loader = loader or partial(load_detector, device=device, view_mode=view_mode, precision=precision)
         self.max_batch = max_batch
         self.detectors = [loader(uri) for uri in members]
         self.weights = normalized_weights(weights, len(self.detectors))
