@@ -114,15 +114,15 @@ class DireFitSettings(_Section):
     """`raydetect dire fit-diffusion`: DIRE's own small UNet, trained on real training images only. Not the
     benchmark's `ddpm` generator (other channels, seed, epsilon prediction, the whole timestep range)."""
 
-    channels: list[int] = [24, 48, 96]
+    channels: list[int] = [16, 32, 48]
     layers_per_block: int = Field(1, gt=0)
-    size: int = Field(64, gt=0)  # native-resolution training crops (never resampled); fully convolutional
-    steps: int = Field(600, gt=0)
-    batch_size: int = Field(16, gt=0)
+    size: int = Field(48, gt=0)  # native-resolution training crops (never resampled); fully convolutional
+    steps: int = Field(400, gt=0)
+    batch_size: int = Field(8, gt=0)
     lr: float = Field(1e-3, gt=0)
     t_max: float = Field(1.0, gt=0, le=1)  # train on timesteps [0, t_max * T): all of them, full DIRE inverts to T
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
-    pool: int = Field(1024, gt=0)  # real crops drawn once, sampled (with flips) for every batch
+    pool: int = Field(512, gt=0)  # real crops drawn once, sampled (with flips) for every batch
     seed: int = 1
     threads: int = Field(2, gt=0)
     holdout_fold: int | None = 0  # real images of this fold are never trained on (validation); null: all folds
