@@ -124,7 +124,7 @@ class DireFitSettings(_Section):
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
     pool: int = Field(512, gt=0)  # real crops drawn once, sampled (with flips) for every batch
     seed: int = 1
-    threads: int = Field(2, gt=0)
+    threads: int = Field(1, gt=0)  # torch threads; 2 on 2 busy shared cores was 40x slower (spin-waits)
     holdout_fold: int | None = 0  # real images of this fold are never trained on (validation); null: all folds
 
 
