@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from raydetect.config import load_settings
 from raydetect.data.images import decode_image
 from raydetect.dire.fit import CARD_NAME, fit_diffusion, training_reals
 from raydetect.dire.maps import MAPS_DIR, dire_maps, read_features
-from raydetect.models.bundle import load_card, load_detector
+from raydetect.models.backbones import build_backbone
+from raydetect.models.bundle import ModelCard, load_card, load_detector, save_model
 from raydetect.models.dire import FEATURE_NAMES, DireDetector, decode_map
 from raydetect.score import results
 from raydetect.score.pipeline import score_run
@@ -94,3 +96,18 @@ def test_maps_job_resumes_without_duplicates_then_a_dire_model_scores_like_any_o
     ordered = rows.sort_values("path").head(4)
     direct = [detector.predict_image(decode_image(Path(p).read_bytes())) for p in ordered["path"]]
     np.testing.assert_allclose(ordered["prob_ai"].to_numpy(), direct, rtol=0, atol=1e-5)
+
+    # A CNN + DIRE ensemble: each member's own views, one weighted P(AI).
+    torch.manual_seed(0)
+    cnn = save_model(
+        build_backbone("tinycnn"), ModelCard(backbone="tinycnn", name="cnn", image_size=32), str(work / "cnn")
+    )
+    score_run(str(root), f"{cnn},{model}", str(work / "predictions"), "ens", weights="1,3", settings=settings)
+    both, broken = results.read_rows(str(work / "predictions" / "run=ens"))
+    assert not broken and len(both) == 20 and both["prob_ai"].between(0, 1).all()
+    assert (both["model_name"] == "cnn+dire").all()
+    cnn_direct = load_detector(cnn, device="cpu").predict_image(
+        decode_image(Path(ordered["path"].iloc[0]).read_bytes())
+    )
+    expected = 0.25 * cnn_direct + 0.75 * direct[0]
+    assert abs(both.set_index("path").loc[ordered["path"].iloc[0], "prob_ai"] - expected) < 1e-5
