@@ -141,3 +141,29 @@ def test_dire_model_directory_loads_through_the_one_dispatch_point(tmp_path):
     assert 0 <= detector.predict_image(image) <= 1
     heat = detector.explain_views(views[:2])
     assert len(heat) == 2 and heat[0].shape == (16, 16) and 0 <= heat[0].min() <= heat[0].max() <= 1
+
+
+def test_statistics_classifier_cv_and_leave_one_generator_out_tables():
+    import pandas as pd
+
+    from raydetect.dire.stats import cross_validate, leave_generator_out
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        label, generator = (0, "real") if i % 2 == 0 else (1, "a" if i % 4 == 1 else "b")
+        features = rng.normal(size=len(FEATURE_NAMES)) + (1.5 * label)  # every statistic shifts with the label
+        for view in range(2):
+            rows.append({"key": f"k{i}", "label": label, "fold": (i // 2) % 5, "generator": generator,
+                         "view": view, **dict(zip(FEATURE_NAMES, features + 0.1 * view, strict=True))})  # fmt: skip
+    features = pd.DataFrame(rows)
+
+    table = cross_validate(features)
+    assert list(table["fold"]) == [0, 1, 2, 3, 4, "mean", "std"]
+    per_fold = table[table["fold"].isin(range(5))]
+    assert (per_fold["n"] == 12).all()  # image level: the two views of an image are one prediction
+    assert table.loc[table["fold"] == "mean", "auc"].iloc[0] > 0.95
+    held = leave_generator_out(features, "a")
+    assert list(held["fold"])[-2:] == ["mean", "std"] and held.loc[held["fold"] == "mean", "auc"].iloc[0] > 0.9
+    with pytest.raises(ValueError, match="another generator"):
+        leave_generator_out(features[features["generator"] != "b"], "a")
