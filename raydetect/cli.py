@@ -52,6 +52,9 @@ def show_config(config: ConfigOption = None, overrides: SetOption = None) -> Non
 from raydetect.data import cli as data_cli  # noqa: E402
 
 app.add_typer(data_cli.app, name="data")
+from raydetect.dire import cli as dire_cli  # noqa: E402
+
+app.add_typer(dire_cli.app, name="dire")
 from raydetect.evaluate import cli as evaluate_cli  # noqa: E402
 
 app.command("evaluate")(evaluate_cli.evaluate)

@@ -141,6 +141,46 @@ class ScoreSettings(_Section):
     rows_per_file: int = Field(1024, gt=0)  # at least this many rows per Parquet file (the last one fewer)
 
 
+class DireFitSettings(_Section):
+    """`raydetect dire fit-diffusion`: DIRE's own small UNet, trained on real training images only. Not the
+    benchmark's `ddpm` generator (other channels, seed, epsilon prediction, the whole timestep range)."""
+
+    channels: list[int] = [16, 32, 48]
+    layers_per_block: int = Field(1, gt=0)
+    size: int = Field(48, gt=0)  # native-resolution training crops (never resampled); fully convolutional
+    steps: int = Field(400, gt=0)
+    batch_size: int = Field(8, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    t_max: float = Field(1.0, gt=0, le=1)  # train on timesteps [0, t_max * T): all of them, full DIRE inverts to T
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    pool: int = Field(512, gt=0)  # real crops drawn once, sampled (with flips) for every batch
+    seed: int = 1
+    threads: int = Field(1, gt=0)  # torch threads; 2 on 2 busy shared cores was 40x slower (spin-waits)
+    holdout_fold: int | None = 0  # real images of this fold are never trained on (validation); null: all folds
+
+
+class DireSettings(_Section):
+    """DIRE: the reconstruction error of a diffusion UNet as a detector (models/dire.py)."""
+
+    diffusion: str | None = None  # UNet: diffusers id or folder; null -> <workdir>/dire/diffusion
+    mode: Literal["full", "truncated", "onestep"] = "onestep"
+    steps: int = Field(20, gt=0)  # DDIM schedule length k; full: k inversion + k reconstruction passes
+    truncated_steps: int = Field(2, gt=0)  # truncated: invert the first s of the k steps (t0 = s/k T), back
+    noise_level: float = Field(0.1, gt=0, lt=1)  # onestep: noise to t = noise_level T, predict x0 once
+    seed: int = 0  # the one fixed noise field of onestep (the same for every image)
+    map_format: Literal["npy", "png16"] = "npy"  # error maps on disk, the same for both classes
+    tile: int = Field(224, gt=0)  # native-resolution views of this side (never resampled)
+    max_tiles: int = Field(4, gt=0)
+    batch_size: int = Field(8, gt=0)  # views per UNet batch
+    classifier_c: float = Field(1.0, gt=0)  # logistic regression's inverse L2 strength
+    min_actors: int = Field(1, gt=0)
+    max_actors: int = Field(1, gt=0)
+    actor_num_cpus: float = Field(0.5, gt=0)  # a fraction: read/decode tasks keep a core on 2-core machines
+    actor_num_gpus: float = Field(1.0, ge=0)  # per actor, only when the cluster has GPUs
+    torch_threads: int = Field(0, ge=0)  # per actor; 0 -> the node's cores / max_actors
+    fit: DireFitSettings = DireFitSettings()
+
+
 class TrackingSettings(_Section):
     mlflow_uri: str | None = None
     experiment: str = "raydetect"
@@ -211,6 +251,7 @@ class Settings(_Section):
     calibration: CalibrationSettings = CalibrationSettings()
     score: ScoreSettings = ScoreSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
+    dire: DireSettings = DireSettings()
     tracking: TrackingSettings = TrackingSettings()
     serve: ServeSettings = ServeSettings()
     registry: RegistrySettings = RegistrySettings()

@@ -1,10 +1,12 @@
 """A trained detector as a self-describing directory: `model.json` + `weights.pt`.
 
 `raydetect score --model DIR`, Serve and the evaluation all load this one format, from a local path or
-`s3://`. The JSON carries what is needed to reproduce predictions: backbone, preprocessing, threshold and
-the uncertain band sent to human review, and `calibration` (evaluate/calibration.py): the temperature fitted
-on the validation fold, the rule that chose the threshold and band, and what they gave there. A card
-without it (made before calibration) keeps temperature 1 and its own threshold and band.
+`s3://`, through one dispatch point, `load_detector`: the card's `kind` says whether the directory holds a
+CNN (`Detector`) or a DIRE model (`models.dire.DireDetector`, the same `predict_images` interface). The JSON
+carries what is needed to reproduce predictions: backbone, preprocessing, threshold and the uncertain band
+sent to human review, and `calibration` (evaluate/calibration.py): the temperature fitted on the validation
+fold, the rule that chose the threshold and band, and what they gave there. A card without it (made before
+calibration) keeps temperature 1 and its own threshold and band.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ModelCard:
     calibration: dict[str, object] | None = None  # temperature + decision rule (evaluate/calibration.py)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     format: str = FORMAT
+    kind: str = "cnn"  # cnn: a backbone + weights.pt (Detector) | dire: UNet + statistics head (models/dire.py)
 
     @property
     def view_policy(self) -> ViewPolicy:
@@ -117,6 +120,8 @@ class Detector:
     plain fp32 module (Grad-CAM takes its gradients in fp32). Every P(AI) is `sigmoid(logit / T)` with the
     card's temperature T (`probabilities`, the one place calibration is applied); `logits` stay raw."""
 
+    takes_tensors = True  # predict_images also takes views as device tensors (GPU preprocessing)
+
     def __init__(
         self,
         model: nn.Module,
@@ -165,3 +170,16 @@ class Detector:
     def predict_images(self, images: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
         """P(AI) per image from its views (`images[i]`: (N_i, h, w, 3) uint8), aggregated by the policy."""
         return self.probabilities(image_logits(self.view_logits, images, self.policy, max_batch))
+
+
+def load_detector(uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto"):
+    """The one model resolver of scoring, Serve and evaluation: the card's `kind` picks `Detector` (cnn) or
+    `DireDetector` (dire); both give `.card`, `.policy`, `.device`, `.precision`, `.predict_images(views)`."""
+    card = load_card(uri)
+    if card.kind == "dire":
+        from raydetect.models.dire import DireDetector
+
+        return DireDetector.load(uri, device=device, view_mode=view_mode, precision=precision)
+    if card.kind != "cnn":
+        raise ValueError(f"{uri}: unknown model kind {card.kind!r} (cnn, dire)")
+    return Detector.load(uri, device=device, view_mode=view_mode, precision=precision)

@@ -215,7 +215,7 @@ def score_run(
 
     Re-running with the same `run_id` scores only inputs without a row for their (path, sha256, model name,
     model version), and the run ends with exactly one row per input. `loader` (URI -> detector) replaces
-    `Detector.load` in the actors; `card_loader` reads cards on the driver. Ray must be initialised (the CLI
+    `bundle.load_detector` in the actors; `card_loader` reads cards on the driver. Ray must be initialised (the CLI
     and the job do it); the driver does no model work."""
     import ray
 

@@ -1,7 +1,9 @@
 """The model stage of batch scoring: a callable class for `Dataset.map_batches(compute=ActorPoolStrategy)`.
 
 Each actor loads its model(s) once, through a `loader` given to its constructor (default
-`Detector.load`; tests pass their own), sets its torch thread count (Ray sets OMP_NUM_THREADS to the actor's
+`bundle.load_detector`: a CNN `Detector` or a `DireDetector`, by the card's kind, so a DIRE actor computes
+each view's reconstruction-error map and classifies it; tests pass their own), sets its torch thread
+count (Ray sets OMP_NUM_THREADS to the actor's
 fractional num_cpus, which would otherwise mean one thread), scores each image from the uint8 views the CPU
 stage made with the member's view policy (`Detector.predict_images`: normalised on the model's device,
 packed into forward passes of at most `batch_size` views of one shape, the views' logits aggregated by the
@@ -22,7 +24,7 @@ import pyarrow as pa
 import torch
 
 from raydetect.data.images import decode_jpegs
-from raydetect.models.bundle import Detector, ModelCard
+from raydetect.models.bundle import ModelCard, load_detector
 from raydetect.models.views import VIEWS_PREFIX, ViewPolicy, read_views, tensor_views
 from raydetect.score.decision import combine_cards, decide_all, normalized_weights
 from raydetect.score.decode import ERROR, HEIGHT, JPEG, VIEWS, WIDTH
@@ -74,11 +76,18 @@ def auto_threads(max_actors: int, cpu_count: int | None = None) -> int:
     return max(1, (cpu_count or os.cpu_count() or 1) // max(1, max_actors))
 
 
+def _device_views(detector: DetectorLike, image: torch.Tensor) -> Any:
+    """The views of an image decoded on the actor's device: tensors there for a detector that takes them
+    (`Detector`), uint8 arrays for one that does not (DIRE)."""
+    views = tensor_views(image, detector.policy)
+    return views if getattr(detector, "takes_tensors", False) else views.cpu().numpy()
+
+
 class Predictor:
     """`map_batches(Predictor, batch_format="pyarrow", compute=ActorPoolStrategy(...), fn_constructor_kwargs=...)`.
 
     members: model URIs; weights: one per member (None = equal); loader: URI -> detector (has `.card`,
-    `.policy` and `.predict_images(views) -> P(AI)`), default `Detector.load(uri, device, view_mode,
+    `.policy` and `.predict_images(views) -> P(AI)`), default `load_detector(uri, device, view_mode,
     precision)`; view_mode: None (each card's policy), `native` or `resize`; precision: the setting (auto |
     fp32 | bf16 | fp16) the default loader passes on; num_threads: torch threads (0 = this node's cores /
     pool_size, the actor pool's maximum size); max_batch: views per forward pass; schema: the output schema
@@ -99,7 +108,7 @@ class Predictor:
         max_batch: int = 32,
     ):
         torch.set_num_threads(num_threads if num_threads > 0 else auto_threads(pool_size))
-        loader = loader or partial(Detector.load, device=device, view_mode=view_mode, precision=precision)
+        loader = loader or partial(load_detector, device=device, view_mode=view_mode, precision=precision)
         self.max_batch = max_batch
         self.detectors = [loader(uri) for uri in members]
         self.weights = normalized_weights(weights, len(self.detectors))
@@ -138,7 +147,7 @@ class Predictor:
         rows = np.flatnonzero(valid)
         for detector, weight in zip(self.detectors, self.weights, strict=True):
             views = read_views(table, detector.policy)
-            images = [tensor_views(on_device[i], detector.policy) if i in on_device else views[i] for i in rows]
+            images = [_device_views(detector, on_device[i]) if i in on_device else views[i] for i in rows]
             p = detector.predict_images(images, self.max_batch)
             total += weight * np.asarray(p, dtype=np.float64).reshape(-1)
         probs[valid] = total

@@ -230,7 +230,7 @@ class DetectorModel:
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this at start and on every `user_config` change: (re)load the model if its URI or
         revision changed, and retune dynamic batching."""
-        from raydetect.models.bundle import Detector
+        from raydetect.models.bundle import load_detector
 
         config = dict(config or {})
         uri = config.get("model_uri")
@@ -238,7 +238,7 @@ class DetectorModel:
             raise ValueError("DetectorModel needs user_config.model_uri (a raydetect model directory)")
         uri, version, ref = self._resolve(config)
         if uri != self.model_uri or config.get("revision") != self.revision or self.detector is None:
-            detector = Detector.load(uri, device=self.device, precision=self.precision)
+            detector = load_detector(uri, device=self.device, precision=self.precision)
             with self._lock:
                 self.detector, self.model_uri, self.revision = detector, uri, config.get("revision")
                 self.registry_version, self.model_ref = version, ref
@@ -344,7 +344,10 @@ class DetectorModel:
             if item["key"] != detector.policy.key:
                 return {"stale": True, "views_key": detector.policy.key}
             prob = float(detector.predict_images([item["views"]])[0])
-            cams = view_cams(detector, item["views"], signed_target(prob, card.threshold))
+            if hasattr(detector, "explain_views"):  # DIRE: the reconstruction-error map of each view
+                cams = detector.explain_views(item["views"])
+            else:
+                cams = view_cams(detector, item["views"], signed_target(prob, card.threshold))
         return {**_result(card, prob, len(item["views"])), "policy": detector.policy.to_dict(),
                 "cams": [cam.astype(np.float32) for cam in cams]}
 

@@ -127,6 +127,77 @@ def build_unet(config: FitConfig):
     )
 
 
+def train_unet(pool: np.ndarray, config: FitConfig, progress: bool = True, desc: str = "fit-generator"):
+    """The training loop every small pixel-space UNet here shares (the benchmark's `ddpm` generator, DIRE's
+    reconstruction model): `config.steps` AdamW steps (warm-up + cosine) on random flipped crops of `pool`
+    (n x size x size x 3 uint8), timesteps drawn from [0, t_max * T), target per `prediction_type`.
+
+    Deterministic for `config.seed` (and a fixed torch thread count). Returns (unet in eval mode, the DDPM
+    noise scheduler, per-step losses)."""
+    import torch
+    from diffusers import DDPMScheduler
+    from raydetect.progress import progress as progress_bar
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    pool_t = torch.from_numpy(np.ascontiguousarray(pool)).permute(0, 3, 1, 2)
+    unet = build_unet(config)
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule="linear",
+        prediction_type=config.prediction_type,
+    )
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4)
+    warmup = max(1, config.steps // 20)
+    lr_at = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    t_high = max(1, int(config.t_max * config.num_train_timesteps))
+    losses: list[float] = []
+    unet.train()
+    bar = progress_bar(range(config.steps), desc=desc, disable=not progress, unit="step")
+    for _ in bar:
+        index = torch.randint(0, len(pool_t), (config.batch_size,), generator=generator)
+        batch = pool_t[index].float() / 127.5 - 1.0
+        flip = torch.rand(config.batch_size, generator=generator) < 0.5
+        batch[flip] = batch[flip].flip(-1)
+        noise = torch.randn(batch.shape, generator=generator)
+        timesteps = torch.randint(0, t_high, (config.batch_size,), generator=generator)
+        noisy = noise_scheduler.add_noise(batch, noise, timesteps)
+        if config.prediction_type == "sample":
+            target = batch
+        elif config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(batch, noise, timesteps)
+        else:
+            target = noise
+        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps).sample, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    return unet.eval(), noise_scheduler, losses
+
+
+def save_pipeline(unet, noise_scheduler, out_dir: str | Path, card: dict[str, Any], card_name: str = CARD_NAME) -> Path:
+    """Save a diffusers DDPM pipeline folder (`unet/`, a DDIM `scheduler/`) and `card_name` beside them,
+    atomically: written to `<out_dir>.partial`, then renamed."""
+    import shutil
+
+    from diffusers import DDIMScheduler, DDPMPipeline
+
+    out_dir = Path(out_dir)
+    pipeline = DDPMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    pipeline.save_pretrained(tmp)
+    (tmp / card_name).write_text(json.dumps(card, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
 def fit_generator(
     photos: Sequence[Photo],
     out_dir: str | Path,
@@ -139,9 +210,6 @@ def fit_generator(
 
     Deterministic for `config.seed` (and a fixed `threads`). Returns `out_dir`."""
     import torch
-    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
-
-    from raydetect.progress import progress as progress_bar
 
     if not photos:
         raise ValueError("fit_generator needs at least one photo")
@@ -150,49 +218,8 @@ def fit_generator(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
-        torch.manual_seed(config.seed)
-        generator = torch.Generator().manual_seed(config.seed)
-        pool = torch.from_numpy(crop_pool(photos, config.pool, config.size, config.seed)).permute(0, 3, 1, 2)
-        unet = build_unet(config)
-        noise_scheduler = DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_schedule="linear",
-            prediction_type=config.prediction_type,
-        )
-        optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4)
-        warmup = max(1, config.steps // 20)
-        lr_at = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))  # noqa: E731
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-        t_high = max(1, int(config.t_max * config.num_train_timesteps))
-        losses: list[float] = []
-        unet.train()
-        bar = progress_bar(range(config.steps), desc="fit-generator", disable=not progress, unit="step")
-        for _ in bar:
-            index = torch.randint(0, len(pool), (config.batch_size,), generator=generator)
-            batch = pool[index].float() / 127.5 - 1.0
-            flip = torch.rand(config.batch_size, generator=generator) < 0.5
-            batch[flip] = batch[flip].flip(-1)
-            noise = torch.randn(batch.shape, generator=generator)
-            timesteps = torch.randint(0, t_high, (config.batch_size,), generator=generator)
-            noisy = noise_scheduler.add_noise(batch, noise, timesteps)
-            if config.prediction_type == "sample":
-                target = batch
-            elif config.prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(batch, noise, timesteps)
-            else:
-                target = noise
-            loss = torch.nn.functional.mse_loss(unet(noisy, timesteps).sample, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        unet.eval()
-        pipeline = DDPMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
-        tmp = out_dir.with_name(out_dir.name + ".partial")
-        pipeline.save_pretrained(tmp)
+        pool = crop_pool(photos, config.pool, config.size, config.seed)
+        unet, noise_scheduler, losses = train_unet(pool, config, progress)
         card = {
             "config": asdict(config),
             "photos": [p.photo_id for p in photos],
@@ -202,12 +229,7 @@ def fit_generator(
             "fit_seconds": round(time.perf_counter() - started, 1),
             "threads": threads,
         }
-        (tmp / CARD_NAME).write_text(json.dumps(card, indent=2))
-        if out_dir.exists():
-            import shutil
-
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        save_pipeline(unet, noise_scheduler, out_dir, card)
         if log:
             log(
                 f"fit-generator: {card['parameters']:,} parameters, loss {card['loss_first']:.4f} -> "

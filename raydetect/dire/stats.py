@@ -1,0 +1,105 @@
+"""The non-neural DIRE classifier: a scikit-learn Pipeline (StandardScaler + LogisticRegression) on each
+view's error statistics (`models.dire.error_features`), one logit per view, averaged per image (the view
+policy's `mean`, as `DireDetector` scores), with the project's grouped folds (`train.cv.fold_assignment`:
+ROOT/folds.parquet, else a seeded StratifiedGroupKFold), and a CV table in the CNNs' format
+(`train.cv.format_cv_table`). `leave_generator_out` trains without one generator's AI images and
+validates on them, fold by fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from raydetect.dire.maps import KEY
+from raydetect.evaluate.metrics import binary_metrics
+from raydetect.models.dire import FEATURE_NAMES
+
+METRICS = ("accuracy", "precision", "recall", "f1", "auc")
+
+
+def usable(features: pd.DataFrame) -> pd.DataFrame:
+    """Labelled rows with statistics (unreadable images dropped)."""
+    ok = features["label"].notna() & features[list(FEATURE_NAMES)].notna().all(axis=1)
+    return features[ok].assign(label=lambda f: f["label"].astype(int))
+
+
+def fit_pipeline(rows: pd.DataFrame, c: float = 1.0):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    return pipeline.fit(rows[list(FEATURE_NAMES)].to_numpy(np.float64), rows["label"].to_numpy())
+
+
+def image_scores(pipeline, rows: pd.DataFrame) -> pd.DataFrame:
+    """P(AI) per image: the views' logits averaged (as `DireDetector.predict_images` with `mean`)."""
+    logits = pipeline.decision_function(rows[list(FEATURE_NAMES)].to_numpy(np.float64))
+    per_image = (
+        rows[[KEY, "label"]]
+        .assign(logit=logits)
+        .groupby(KEY, sort=False)
+        .agg(label=("label", "first"), logit=("logit", "mean"))
+    )
+    return per_image.assign(prob_ai=1 / (1 + np.exp(-per_image["logit"]))).reset_index()
+
+
+def _metrics(scores: pd.DataFrame) -> dict[str, float]:
+    m = binary_metrics(scores["label"].to_numpy(), scores["prob_ai"].to_numpy())
+    return {**{k: m[k] for k in METRICS if k in m}, "auc": m["auc_roc"], "n": m["n"]}
+
+
+def _with_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-fold rows, then `mean` and `std` rows (the CNNs' CV table layout)."""
+    mean = {"fold": "mean", **{m: frame[m].mean() for m in METRICS}}
+    std = {"fold": "std", **{m: frame[m].std(ddof=0) for m in METRICS}}
+    return pd.concat([frame.astype({"fold": object}), pd.DataFrame([mean, std])], ignore_index=True)
+
+
+def cross_validate(features: pd.DataFrame, c: float = 1.0, exclude_train: pd.Series | None = None) -> pd.DataFrame:
+    """Grouped k-fold CV over the `fold` column: per-fold metrics, then `mean` and `std` rows."""
+    rows = usable(features)
+    table = []
+    for fold in sorted(rows["fold"].unique()):
+        train, val = rows[rows["fold"] != fold], rows[rows["fold"] == fold]
+        if exclude_train is not None:
+            train = train[~exclude_train.reindex(train.index, fill_value=False)]
+        table.append({"fold": int(fold), **_metrics(image_scores(fit_pipeline(train, c), val))})
+    return _with_summary(pd.DataFrame(table))
+
+
+def leave_generator_out(features: pd.DataFrame, generator: str, c: float = 1.0) -> pd.DataFrame:
+    """CV that never trains on `generator`'s AI images and validates on the validation folds' real images
+    and that generator's AI images only."""
+    rows = usable(features)
+    held = rows["generator"].eq(generator) & rows["label"].eq(1)
+    if not (rows["label"].eq(1) & ~held).any():
+        raise ValueError(f"leave-{generator}-out needs AI images of another generator to train on")
+    table = []
+    for fold in sorted(rows["fold"].unique()):
+        train = rows[(rows["fold"] != fold) & ~held]
+        val = rows[(rows["fold"] == fold) & (held | rows["label"].eq(0))]
+        if val["label"].nunique() < 2:
+            continue
+        table.append({"fold": int(fold), **_metrics(image_scores(fit_pipeline(train, c), val))})
+    return _with_summary(pd.DataFrame(table))
+
+
+def format_table(table: pd.DataFrame, title: str = "") -> str:
+    from raydetect.train.cv import format_cv_table
+
+    return format_cv_table(table, title)
+
+
+def export_model(features: pd.DataFrame, maps_config: dict, settings, uri: str, name: str = "dire", **card) -> str:
+    """Fit the statistics classifier on every usable row and write a DIRE model directory (`kind: dire`):
+    the UNet the maps were made with + the classifier, with the maps' reconstruction settings (so scoring
+    computes the statistics the classifier was fitted on); loadable by `bundle.load_detector`."""
+    from raydetect.models.dire import load_unet, save_dire_model
+
+    diffusion = maps_config["diffusion"]
+    dire = settings.dire.model_copy(update={k: v for k, v in maps_config.items() if k != "diffusion"})
+    unet, scheduler_config = load_unet(diffusion)
+    pipeline = fit_pipeline(usable(features), dire.classifier_c)
+    params = {"diffusion": diffusion, **card.pop("params", {})}
+    return save_dire_model(uri, unet, scheduler_config, pipeline, dire, name=name, params=params, **card)
