@@ -136,6 +136,7 @@ def train_unet(pool: np.ndarray, config: FitConfig, progress: bool = True, desc:
     noise scheduler, per-step losses)."""
     import torch
     from diffusers import DDPMScheduler
+
     from raydetect.progress import progress as progress_bar
 
     torch.manual_seed(config.seed)
