@@ -103,6 +103,18 @@ for _variant in ("clip_vit_b16", "clip_vit_l14"):
     )
 
 
+def _clip_blocks(name: str, weights: str) -> nn.Module:
+    from raydetect.models import clip
+
+    return clip.clip_vit_blocks(name, weights)
+
+
+# CLIP ViT-B/16 with its head on the class tokens of blocks 4-8 (clip.CLSStack), the same weights as clip_vit_b16.
+register("clip_vit_b16_mid", source=lambda: _clip_source("clip_vit_b16"))(
+    lambda weights: _clip_blocks("clip_vit_b16_mid", weights)
+)
+
+
 def _dinov2_source() -> str:
     from raydetect.models import dinov2
 

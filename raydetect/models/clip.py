@@ -27,13 +27,15 @@ from torch import nn
 from raydetect.models import onnx_weights
 from raydetect.models.onnx_weights import MissingWeightsError, PackagedWeights
 
-__all__ = ["MissingWeightsError", "clip_vit", "pretrained_encoder", "weights_source"]
+__all__ = ["CLSStack", "MissingWeightsError", "clip_vit", "clip_vit_blocks", "pretrained_encoder", "weights_source"]
 
 # raydetect name -> timm model name (architecture.pretrained tag)
 VARIANTS = {
     "clip_vit_b16": "vit_base_patch16_clip_quickgelu_224.openai",
     "clip_vit_l14": "vit_large_patch14_clip_quickgelu_224.openai",
 }
+# Multi-block variants: name -> (base variant, 0-based blocks whose class token the head reads).
+BLOCK_VARIANTS = {"clip_vit_b16_mid": ("clip_vit_b16", (3, 4, 5, 6, 7))}  # blocks 4-8 of 12
 # The normalisation CLIP was trained with (timm's pretrained_cfg agrees).
 PREPROCESSING = {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}
 
@@ -106,3 +108,41 @@ def timm_state_dict(onnx_path: str | Path, model: nn.Module) -> dict[str, torch.
     state["pos_embed"] = state["pos_embed"].reshape(model.pos_embed.shape)
     state["head.bias"] = torch.zeros_like(model.head.bias)  # CLIP's projection has no bias
     return state
+
+
+class CLSStack(nn.Module):
+    """A CLIP ViT whose one-logit head reads the class token after several intermediate blocks, concatenated
+    (the RINE observation, Koutlis & Papadopoulos, ECCV 2024: the middle blocks keep the low-level traces
+    generators leave, which the last block, trained to match text, has mostly abstracted away). Blocks after
+    the last one read are dropped (they never reach the head), so it is also cheaper than the whole encoder.
+    `patch_embed`, `blocks` and `num_prefix_tokens` are the encoder's, so Grad-CAM treats it as a ViT."""
+
+    def __init__(self, vit: nn.Module, blocks: tuple[int, ...]):
+        super().__init__()
+        vit.blocks = vit.blocks[: max(blocks) + 1]
+        vit.norm, vit.head = nn.Identity(), nn.Identity()  # unused: the head reads raw block outputs
+        self.vit, self.indices = vit, list(blocks)
+        self.head = nn.Linear(vit.embed_dim * len(blocks), 1)
+
+    @property
+    def patch_embed(self) -> nn.Module:
+        return self.vit.patch_embed
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.vit.blocks
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.vit.num_prefix_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.vit.forward_intermediates(x, indices=self.indices, return_prefix_tokens=True, norm=False,
+                                             stop_early=True, output_fmt="NLC", intermediates_only=True)  # fmt: skip
+        return self.head(torch.cat([prefix[:, 0] for _tokens, prefix in out], dim=1))
+
+
+def clip_vit_blocks(name: str, weights: str = "none") -> CLSStack:
+    """`BLOCK_VARIANTS[name]`: the base encoder (`clip_vit`'s weights) with a head on its chosen blocks."""
+    base, blocks = BLOCK_VARIANTS[name]
+    return CLSStack(clip_vit(base, weights), blocks)

@@ -108,3 +108,27 @@ def test_gradcam_on_a_vit_uses_the_last_block_and_maps_back_to_the_input():
     heat = gradcam_map(model, rng.random((1, 3, 96, 96), dtype=np.float32))
     assert heat.shape == (96, 96)
     assert heat.min() >= 0.0 and heat.max() <= 1.0 and heat.std() > 0.01  # a 6x6 patch grid, upsampled
+
+
+def test_the_mid_block_variant_reads_the_class_token_after_blocks_4_to_8():
+    """clip_vit_b16_mid's head sees exactly the concatenated class tokens that blocks 4-8 of the whole
+    encoder emit (the same weights), and the encoder's later blocks are gone."""
+    torch.manual_seed(0)
+    mid = build_backbone("clip_vit_b16_mid", "none").eval()
+    whole = build_backbone("clip_vit_b16", "none").eval()
+    shared = {k[4:]: v for k, v in mid.state_dict().items() if k.startswith("vit.") and "head" not in k}
+    whole.load_state_dict({**whole.state_dict(), **shared}, strict=True)
+    assert len(mid.blocks) == 8 and mid.head.in_features == 5 * 768
+    captured, seen = [], []
+    hooks = [whole.blocks[i].register_forward_hook(lambda _m, _a, out: captured.append(out[:, 0])) for i in range(3, 8)]
+    head_hook = mid.head.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    x = torch.randn(2, 3, 96, 64)  # any size: the position embeddings are interpolated
+    with torch.no_grad():
+        whole(x)
+        assert mid(x).shape == (2, 1)
+    for hook in [*hooks, head_hook]:
+        hook.remove()
+    torch.testing.assert_close(seen[0], torch.cat(captured, dim=1))
+    assert target_layers(mid) == [mid.blocks[-1].norm1]
+    heat = gradcam_map(mid, np.random.default_rng(0).random((1, 3, 96, 96), dtype=np.float32))
+    assert heat.shape == (96, 96) and heat.std() > 0.01
