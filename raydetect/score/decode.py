@@ -124,14 +124,16 @@ def deferred_views(
     data: bytes, policies: Sequence[ViewPolicy], limits: DecodeLimits
 ) -> tuple[tuple[int, int], int] | None:
     """((width, height), views of the first policy) for a JPEG the model actor will decode on its device
-    (GPU preprocessing; `data.images.deferrable_jpeg`), None when it must be decoded here."""
+    (GPU preprocessing; `data.images.deferrable_jpeg`), None when it must be decoded here. Every policy
+    must be able to cut it, or the actor's `tensor_views` would fail where the CPU stage makes an error row."""
     size = deferrable_jpeg(data, limits)
     if size is None:
         return None
     try:
-        return size, len(view_boxes(*size, policies[0]))
+        counts = [len(view_boxes(*size, policy)) for policy in policies]
     except ViewError:
         return None  # too small: decoded here, and the error row says so
+    return size, counts[0]
 
 
 def decode_batch(

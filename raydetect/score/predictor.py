@@ -115,34 +115,35 @@ class Predictor:
         self.card = combine_cards([d.card for d in self.detectors], self.weights)
         self.schema = schema
 
-    def device_images(self, table: pa.Table, errors: list[str | None]) -> dict[int, Any]:
+    def device_images(self, table: pa.Table) -> tuple[dict[int, Any], dict[int, str]]:
         """The rows whose JPEG the CPU stage left to this actor (`score.preprocess_on`), decoded on the
-        model's device as (3, H, W) uint8 tensors; a file that fails to decode sets its row's error."""
+        model's device: (3, H, W) uint8 tensors by row, and the error of each row whose JPEG failed."""
         if JPEG not in table.column_names:
-            return {}
+            return {}, {}
         blobs = table.column(JPEG).to_pylist()
+        errors = table.column(ERROR).to_pylist()
         rows = [i for i, b in enumerate(blobs) if b and errors[i] is None]
         if not rows:
-            return {}
+            return {}, {}
         sizes = [(table.column(WIDTH)[i].as_py(), table.column(HEIGHT)[i].as_py()) for i in rows]
-        decoded = decode_jpegs([blobs[i] for i in rows], sizes, getattr(self.detectors[0], "device", "cpu"))
-        out = {}
-        for i, image in zip(rows, decoded, strict=True):
-            if isinstance(image, str):
-                errors[i] = image
-            else:
-                out[i] = image
-        return out
+        device = getattr(self.detectors[0], "device", "cpu")
+        decoded = dict(zip(rows, decode_jpegs([blobs[i] for i in rows], sizes, device), strict=True))
+        failed = {i: image for i, image in decoded.items() if isinstance(image, str)}
+        return {i: image for i, image in decoded.items() if i not in failed}, failed
 
-    def probabilities(self, table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
-        """Weighted P(AI) for the rows without an error (NaN for the others), and each row's error."""
+    def probabilities(
+        self, table: pa.Table, on_device: dict[int, Any] | None = None, failed: dict[int, str] | None = None
+    ) -> np.ndarray:
+        """Weighted P(AI) for the rows without an error (NaN for the others). `on_device` / `failed`: what
+        `device_images` gave for this table (computed here when not given)."""
+        if on_device is None or failed is None:
+            on_device, failed = self.device_images(table)
         n = table.num_rows
         errors = table.column(ERROR).to_pylist() if ERROR in table.column_names else [None] * n
-        on_device = self.device_images(table, errors)
-        valid = np.array([e is None for e in errors], dtype=bool)
+        valid = np.array([e is None and i not in failed for i, e in enumerate(errors)], dtype=bool)
         probs = np.full(n, np.nan, dtype=np.float64)
         if not valid.any():
-            return probs, errors
+            return probs
         total = np.zeros(int(valid.sum()), dtype=np.float64)
         rows = np.flatnonzero(valid)
         for detector, weight in zip(self.detectors, self.weights, strict=True):
@@ -151,10 +152,11 @@ class Predictor:
             p = detector.predict_images(images, self.max_batch)
             total += weight * np.asarray(p, dtype=np.float64).reshape(-1)
         probs[valid] = total
-        return probs, errors
+        return probs
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        probs, errors = self.probabilities(table)
+        on_device, failed = self.device_images(table)
+        probs = self.probabilities(table, on_device, failed)
         n = table.num_rows
         now = datetime.now(UTC)
         columns: dict[str, Any] = {
@@ -164,16 +166,13 @@ class Predictor:
             "model_name": pa.array([self.card.name] * n, type=pa.string()),
             "model_version": pa.array([str(self.card.version)] * n, type=pa.string()),
             "scored_at": pa.array([now] * n, type=pa.timestamp("us", tz="UTC")),
-            ERROR: pa.array(errors, type=pa.string()),
         }
-        before = table.column(ERROR).to_pylist() if ERROR in table.column_names else [None] * n
-        failed_here = [e is not None and b is None for e, b in zip(errors, before, strict=True)]
-        if any(failed_here):  # a JPEG this actor could not decode: no size, no views, like the CPU stage's rows
+        if failed:  # a JPEG this actor could not decode: its error, and no size or views, like the CPU stage's rows
+            columns[ERROR] = pa.array([failed.get(i, e) for i, e in enumerate(table.column(ERROR).to_pylist())],
+                                      type=pa.string())  # fmt: skip
             for name in (WIDTH, HEIGHT, VIEWS):
-                if name in table.column_names:
-                    values = table.column(name).to_pylist()
-                    columns[name] = pa.array([None if f else v for v, f in zip(values, failed_here, strict=True)],
-                                             type=pa.int32())  # fmt: skip
+                values = table.column(name).to_pylist()
+                columns[name] = pa.array([None if i in failed else v for i, v in enumerate(values)], type=pa.int32())
         base = table.drop_columns([c for c in table.column_names if c.startswith(VIEWS_PREFIX) or c == JPEG])
         schema = self.schema or output_schema(base.schema)
         arrays = []

@@ -151,9 +151,9 @@ def test_ensemble_averages_weighted_probabilities(tmp_path: Path):
     b = _save_tiny(tmp_path / "b", seed=2, name="b", size=32, threshold=0.6, review_band=[0.5, 0.7])
     paths = _images(tmp_path / "img", n=4)
     batch = decode_batch(_table(paths), [_resize(32), _resize(48)])
-    pa_, pb = (Predictor([m]).probabilities(batch)[0] for m in (a, b))
+    pa_, pb = (Predictor([m]).probabilities(batch) for m in (a, b))
     ensemble = Predictor([a, b], weights=[3, 1])
-    np.testing.assert_allclose(ensemble.probabilities(batch)[0], 0.75 * pa_ + 0.25 * pb, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ensemble.probabilities(batch), 0.75 * pa_ + 0.25 * pb, rtol=0, atol=1e-12)
     card = ensemble.card
     assert card.threshold == pytest.approx(0.45) and card.review_band == pytest.approx([0.35, 0.55])
     assert card.name == "a+b" and card.version == "a@1*0.75+b@1*0.25"
