@@ -111,7 +111,7 @@ def run_demo(
             title="raydetect demo: held-out test split of the offline benchmark",
             context={"model": model_dir, "backbone": settings.train.backbone, "benchmark": bench_root},
             settings=settings.evaluate,
-            **model_checks(model_dir, labelled, settings),  # robustness sweep + adversarial table, on samples
+            **model_checks([model_dir], labelled, settings),  # robustness sweep + adversarial table, on samples
         )
 
     summary = _stage("5/6 evaluation report (+ robustness, adversarial)", out, evaluation, log)

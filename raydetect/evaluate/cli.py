@@ -49,7 +49,8 @@ def evaluate(
         from raydetect.evaluate.robustness import model_checks
         from raydetect.score.pipeline import parse_models
 
-        checks = {"card": parse_models(model).card, **model_checks(model, labelled, settings)}
+        spec = parse_models(model, settings=settings)  # the same resolution as the scoring run above
+        checks = {"card": spec.card, **model_checks(spec.uris, labelled, settings)}
     summary = write_report(predictions, labelled, output, threshold, context=context, settings=settings.evaluate,
                            **checks)  # fmt: skip
     overall, cal = summary["overall"], summary["calibration"]

@@ -13,6 +13,7 @@ threshold.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -68,20 +69,22 @@ def decode_sample(labelled: pd.DataFrame, n: int, seed: int = 0) -> tuple[list[n
     return images, np.asarray(labels, dtype=int)
 
 
-def model_checks(model: str, labelled: pd.DataFrame, settings) -> dict[str, pd.DataFrame | None]:
-    """The robustness sweep and the adversarial table (evaluate/adversarial.py) of a single model directory,
-    with the run's settings (device, precision, `evaluate:`): `write_report`'s `robustness` and
-    `adversarial`. A table is None when its sample size is 0; both when `model` is an ensemble."""
+def model_checks(uris: Sequence[str], labelled: pd.DataFrame, settings) -> dict[str, pd.DataFrame | None]:
+    """The robustness sweep and the adversarial table (evaluate/adversarial.py) of a single model (`uris`:
+    the resolved model directories, `ModelSpec.uris`), with the run's settings (device, precision,
+    `evaluate:`): `write_report`'s `robustness` and `adversarial`. A table is None when its sample size is 0;
+    both for an ensemble; the adversarial table for a model without gradients to attack through (DIRE)."""
     from raydetect.evaluate.adversarial import adversarial_eval
-    from raydetect.models.bundle import Detector
+    from raydetect.models.bundle import Detector, load_detector
 
     ev = settings.evaluate
-    if "," in model or (ev.robustness_sample <= 0 and ev.adversarial_sample <= 0):
+    if len(uris) != 1 or (ev.robustness_sample <= 0 and ev.adversarial_sample <= 0):
         return {"robustness": None, "adversarial": None}
-    detector = Detector.load(model, device=settings.device, precision=settings.precision)
+    detector = load_detector(uris[0], device=settings.device, precision=settings.precision)
+    attackable = isinstance(detector, Detector) and ev.adversarial_sample > 0
     return {
         "robustness": sweep(detector, labelled, ev, settings.seed) if ev.robustness_sample > 0 else None,
-        "adversarial": adversarial_eval(detector, labelled, ev, settings.seed) if ev.adversarial_sample > 0 else None,
+        "adversarial": adversarial_eval(detector, labelled, ev, settings.seed) if attackable else None,
     }
 
 

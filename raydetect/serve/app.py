@@ -54,7 +54,7 @@ from starlette.concurrency import run_in_threadpool
 from raydetect.config import Settings, load_settings
 from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
 from raydetect.models.views import ViewError, ViewPolicy, make_views
-from raydetect.registry import resolve_model
+from raydetect.registry import ResolvedModel, resolve_model
 from raydetect.serve.coalesce import Coalescer
 from raydetect.serve.drain import AdmissionGate
 from raydetect.serve.security import AuditLog, bearer_token, load_api_key, request_id
@@ -735,8 +735,9 @@ def _gpus_per_replica(settings: Settings) -> float:
         return 0.0
 
 
-def build_app(settings: Settings | None = None, model_uri: str | None = None) -> serve.Application:
-    """The Serve application for `settings` (defaults when None) serving the model at `model_uri`."""
+def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel | None = None) -> serve.Application:
+    """The Serve application for `settings` (defaults when None) serving `model_uri`: a reference
+    (`registry.resolve_model`), or one already resolved (`raydetect serve` has looked it up to check it)."""
     settings = settings or load_settings()
     s = settings.serve
     if s.max_ongoing_requests < s.max_batch_size:
@@ -744,7 +745,9 @@ def build_app(settings: Settings | None = None, model_uri: str | None = None) ->
             f"serve.max_ongoing_requests ({s.max_ongoing_requests}) must be >= serve.max_batch_size "
             f"({s.max_batch_size}), or batches can never fill"
         )
-    resolved = resolve_model(model_uri, settings, must_exist=False, serve=True)
+    resolved = model_uri if isinstance(model_uri, ResolvedModel) else resolve_model(
+        model_uri, settings, must_exist=False, serve=True
+    )
     user_config = {
         "model_uri": resolved.uri,
         "max_batch_size": s.max_batch_size,

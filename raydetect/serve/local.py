@@ -56,7 +56,7 @@ def start_local(settings: Settings | None = None, model_uri: str | None = None, 
         raise RuntimeError(f"port {port} on {host} is in use: pass another with --port (or stop what holds it)")
     connect("local", num_cpus=num_cpus, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(settings, model_uri), name=APP_NAME, route_prefix="/")
+    serve.run(build_app(settings, resolved), name=APP_NAME, route_prefix="/")
     url = local_url(settings)
     wait_healthy(url)
     where = resolved.uri + (f" (registry version {resolved.version})" if resolved.version else "")
