@@ -33,7 +33,7 @@ from raydetect import storage
 from raydetect.config import Settings
 from raydetect.evaluate.calibration import calibrate_with
 from raydetect.models.backbones import build_backbone, default_normalization, head_module
-from raydetect.models.views import ViewPolicy, map_views, normalize, read_views
+from raydetect.models.views import ViewPolicy, map_views, normalize, read_views, sigmoid
 
 FEATURE_COLUMN = "features"
 
@@ -179,7 +179,7 @@ def probe_folds(assigned: pd.DataFrame, features: pd.DataFrame, c: float, seed: 
         val = (frame["fold"] == fold).to_numpy()
         probe = fit_probe(x[~val], y[~val], c, seed)
         logits = probe.decision_function(x[val])
-        probs = probe.predict_proba(x[val])[:, 1]
+        probs = sigmoid(logits)  # = predict_proba(...)[:, 1] for a binary logistic regression
         eps = 1e-7
         loss = float(np.mean(-(y[val] * np.log(probs + eps) + (1 - y[val]) * np.log(1 - probs + eps))))
         metrics = {f"val_{k}": float(v) for k, v in classification_metrics(y[val], probs).items()}
