@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from raydetect.config import EvaluateSettings
+from raydetect.data.manifest import read_manifest
 from raydetect.evaluate.adversarial import adversarial_eval, attack, attack_normalised
 from raydetect.models.backbones import build_backbone
 from raydetect.models.bundle import Detector, ModelCard, save_model
@@ -76,8 +76,7 @@ def test_fgsm_hurts_a_trained_toy_model_and_adversarial_training_helps():
 
 def test_adversarial_eval_attacks_through_the_detector(tmp_path: Path):
     root = make_kaggle_dataset(tmp_path / "data", n_pairs=4, size=48)
-    labelled = pd.read_csv(root / "train.csv")
-    labelled["path"] = [str(root / f) for f in labelled["file_name"]]
+    labelled = read_manifest(str(root), split="train")
     torch.manual_seed(0)
     uri = save_model(build_backbone("tinycnn"), ModelCard(backbone="tinycnn", image_size=32), str(tmp_path / "m"))
     detector = Detector.load(uri, device="cpu", precision="fp32")

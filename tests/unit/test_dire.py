@@ -30,12 +30,7 @@ from tests.datasets import ai_counterpart, smooth_photo
 SCHEDULER = dict(DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").config)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _unet(seed: int = 0, out_scale: float | None = 0.1, bias: float | None = None):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from raydetect.config import EvaluateSettings
 from raydetect.data.content import laplacian_ratio
+from raydetect.data.manifest import read_manifest
 from raydetect.evaluate.metrics import binary_metrics
 from raydetect.evaluate.robustness import perturb, sample, sweep
 from raydetect.models.backbones import build_backbone
@@ -68,8 +69,7 @@ def test_sample_keeps_the_class_shares():
 
 def test_sweep_scores_every_perturbation_and_reports_drops(tmp_path: Path):
     root = make_kaggle_dataset(tmp_path / "data", n_pairs=6, size=64)
-    labelled = pd.read_csv(root / "train.csv")
-    labelled["path"] = [str(root / f) for f in labelled["file_name"]]
+    labelled = read_manifest(str(root), split="train")
     torch.manual_seed(0)
     uri = save_model(build_backbone("tinycnn"), ModelCard(backbone="tinycnn", image_size=32), str(tmp_path / "m"))
     detector = Detector.load(uri, device="cpu")

@@ -20,14 +20,7 @@ from raydetect.train.loop import (
 )
 from tests.datasets import ai_counterpart, smooth_photo
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and other tests share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def separable_arrays(n_pairs: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
