@@ -19,25 +19,23 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from raydetect.cli_options import add_job_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="labelled dataset root (local or s3://)")
     parser.add_argument("--split", default="test", help="test (test_labels.csv) | train")
     parser.add_argument("--predictions", default=None, help="a scoring run of --data (default: score it now)")
     parser.add_argument("--reference", default=None, help="a reference scoring run for the drift test")
     parser.add_argument("--output", default=None, help="also write the verdict JSON here (local or s3://)")
-    parser.add_argument("--config", default=None, help="YAML config over the embedded defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
-    parser.add_argument("--ray-address", default=None, help="default: the cluster the job runs on")
-    return parser.parse_args(argv)
+    return add_job_arguments(parser).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from raydetect.config import load_settings
+    from raydetect.cli_options import job_settings
     from raydetect.monitor.cli import run_check
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    settings = load_settings(args.config, args.overrides)
+    settings = job_settings(args)
     try:
         verdict = run_check(args.data, args.split, args.predictions, args.reference, args.output, args.ray_address,
                             settings)  # fmt: skip

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from raydetect.cli_options import add_job_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="dataset root, folder, manifest file or s3:// prefix")
     parser.add_argument("--model", default=None, help="model directory(ies), comma-separated for an ensemble")
@@ -30,19 +32,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--actors", default=None, help="MIN:MAX model actors")
     parser.add_argument("--summary", default=None, help="also write the summary JSON here (local or s3://)")
-    parser.add_argument("--config", default=None, help="YAML config over the embedded defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
-    parser.add_argument("--ray-address", default=None, help="default: the cluster the job runs on")
-    return parser.parse_args(argv)
+    return add_job_arguments(parser).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from raydetect.config import load_settings
+    from raydetect.cli_options import job_settings
     from raydetect.score.cli import run_and_summarize
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    settings = load_settings(args.config, args.overrides)
+    settings = job_settings(args)
     run_id = args.run_id or f"nightly-{datetime.now(UTC):%Y%m%d}"
     try:
         summary = run_and_summarize(
