@@ -43,8 +43,11 @@ def make_kaggle_dataset(
     seed: int = 0,
     fmt: str = "PNG",
     n_test: int = 4,
+    processed_every: int = 0,
 ) -> Path:
-    """Write `train.csv`, `test.csv`, `train_data/`, `test_data_v2/` under `root`; one group per pair."""
+    """Write `train.csv`, `test.csv`, `train_data/`, `test_data_v2/` under `root`; one group per pair. With
+    `processed_every` k > 0 the rows gain a `processing` column: `blur1.0` on every k-th pair, else `none`
+    (a label for the per-condition metrics only; the pixels are not blurred)."""
     rng = np.random.default_rng(seed)
     ext = "png" if fmt == "PNG" else "jpg"
     (root / "train_data").mkdir(parents=True, exist_ok=True)
@@ -62,6 +65,7 @@ def make_kaggle_dataset(
                     "group": f"photo{i:04d}",
                     "category": "human" if i % 3 == 0 else "other",
                     "generator": "real" if label == 0 else "checker",
+                    **({"processing": "none" if i % processed_every else "blur1.0"} if processed_every else {}),
                 }
             )
     pd.DataFrame(rows).to_csv(root / "train.csv", index=False)

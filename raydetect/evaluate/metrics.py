@@ -141,3 +141,22 @@ def join_predictions(predictions: pd.DataFrame, labelled: pd.DataFrame) -> pd.Da
     keep = [c for c in labelled.columns if c not in ok.columns or c == "path"]
     joined = ok.merge(labelled[keep], on="path", how="inner")
     return joined[joined["label"].notna()].reset_index(drop=True)
+
+
+CONDITION_METRICS = ("f1_as_generated", "real_processed_acc")
+
+
+def condition_metrics(frame: pd.DataFrame, threshold: float = 0.5) -> dict[str, float]:
+    """The two figures the "soft means AI" shortcut shows in (issue 17): F1 on the images left as generated
+    (`processing` none: no label-independent step, no hard-negative step) and the share of the processed real
+    photos (resized, blurred, re-compressed, hard negatives) called real. `frame`: label, prob_ai, processing
+    (a frame without `processing` gives NaN)."""
+    if "processing" not in frame or frame.empty:
+        return dict.fromkeys(CONDITION_METRICS, float("nan"))
+    untouched = frame["processing"].fillna("none").astype(str).isin(["none", ""]).to_numpy()
+    labels = frame["label"].astype(int).to_numpy()
+    probs = frame["prob_ai"].to_numpy(dtype=float)
+    as_generated = binary_metrics(labels[untouched], probs[untouched], threshold)["f1"] if untouched.any() else np.nan
+    real_processed = (labels == 0) & ~untouched
+    correct = float(np.mean(probs[real_processed] < threshold)) if real_processed.any() else float("nan")
+    return {"f1_as_generated": float(as_generated), "real_processed_acc": correct}

@@ -7,6 +7,7 @@ A single-fold run (`--fold K`) validates on fold K of a 5-fold split.
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 import time
@@ -14,9 +15,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from raydetect import storage
 from raydetect.config import Settings
+from raydetect.evaluate.metrics import CONDITION_METRICS, condition_metrics
 from raydetect.train.trainer import (
     CALIBRATION_COLUMNS,
     FoldRun,
@@ -27,7 +31,9 @@ from raydetect.train.trainer import (
 )
 
 HOLDOUT_K = 5  # a single-fold run holds out 1/5 of the groups
-TABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
+TABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc", *CONDITION_METRICS)
+CV_PREDICTIONS_FILE = "cv_predictions.parquet"  # in the exported model directory: its CV's out-of-fold rows
+CARRIED = ("category", "generator", "processing", "group", "width", "height")  # joined to the OOF rows
 
 
 @dataclass
@@ -44,6 +50,7 @@ class TrainOutcome:
     wall_s: float
     mlflow_run_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    predictions: pd.DataFrame | None = None  # out-of-fold validation rows (`out_of_fold`)
 
 
 def fold_assignment(df: pd.DataFrame, k: int, settings: Settings, root: str | None = None) -> pd.DataFrame:
@@ -59,6 +66,29 @@ def fold_assignment(df: pd.DataFrame, k: int, settings: Settings, root: str | No
         except (FileNotFoundError, ValueError):
             pass
     return assign_folds(df, k=k, seed=settings.seed)
+
+
+def out_of_fold(runs: list[FoldRun], assigned: pd.DataFrame) -> pd.DataFrame | None:
+    """Every fold's validation predictions (path, fold, label, logit, prob_ai) with the rows' `CARRIED` columns;
+    sets each run's `conditions` (F1 as generated, processed real photos correct). None without predictions."""
+    frames = []
+    columns = ["path", *[c for c in CARRIED if c in assigned.columns]]
+    for run in runs:
+        if run.predictions is None:
+            continue
+        frame = run.predictions.merge(assigned[columns], on="path", how="left").assign(fold=run.fold)
+        frame["prob_ai"] = 1.0 / (1.0 + np.exp(-frame["logit"].to_numpy(dtype=float)))
+        run.conditions = condition_metrics(frame)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def save_out_of_fold(predictions: pd.DataFrame | None, model_uri: str | None) -> None:
+    """Write the CV's out-of-fold predictions beside the model it exported (ensembles and tables read them)."""
+    if predictions is not None and model_uri is not None:
+        buffer = io.BytesIO()
+        predictions.to_parquet(buffer, index=False)
+        storage.write_bytes(storage.join(model_uri, CV_PREDICTIONS_FILE), buffer.getvalue())
 
 
 def cv_table(runs: list[FoldRun]) -> pd.DataFrame:
@@ -172,12 +202,14 @@ def train_detector(
             from raydetect.train.probe import train_probe
 
             outcome = train_probe(df, settings, k, folds, name, output)
+            save_out_of_fold(outcome.predictions, outcome.model_uri)
             outcome.mlflow_run_id = run_id
             if tracker is not None:
                 tracker.log_metrics({"cv_f1_mean": outcome.f1_mean, "cv_f1_std": outcome.f1_std})
                 tracker.log_model_dir(outcome.model_uri)
             return outcome
         runs, assigned = cross_validate(df, settings, k, folds=folds, name=name, tracker=tracker)
+        predictions = out_of_fold(runs, assigned)
         table = cv_table(runs)
         f1s = [r.f1 for r in runs]
         f1_mean = statistics.fmean(f1s)
@@ -188,6 +220,7 @@ def train_detector(
             target = output or str(settings.workdir_path / "models" / name)
             cv_metrics = {"cv_f1_mean": f1_mean, "cv_f1_std": f1_std, "cv_folds": float(len(runs))}
             model_uri = export_model(best.checkpoint_uri, target, cv_metrics, version=name)
+            save_out_of_fold(predictions, model_uri)
         if tracker is not None:
             tracker.log_metrics({"cv_f1_mean": f1_mean, "cv_f1_std": f1_std})
             for metric in TABLE_METRICS:
@@ -206,6 +239,7 @@ def train_detector(
             f1_std=f1_std,
             wall_s=time.perf_counter() - start,
             mlflow_run_id=run_id,
+            predictions=predictions,
         )
 
     if tracker is None:

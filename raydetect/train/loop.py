@@ -17,7 +17,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -193,10 +193,19 @@ def train_one_epoch(
     return (total / count if count else float("nan")), int(count)
 
 
+def _kept(batch: Mapping[str, Any], keep: Any) -> list[Any]:
+    """The batch's row `key`s (e.g. paths) at `keep` (indices, a boolean mask, None: all); [] without keys."""
+    keys = batch.get("key") if isinstance(batch, Mapping) else None
+    if keys is None:
+        return []
+    keys = np.asarray(keys, dtype=object)
+    return list(keys if keep is None else keys[np.asarray(keep)])
+
+
 def _view_batch_logits(
     model: nn.Module, batch: Mapping[str, Any], device: torch.device, precision: str, config: LoopConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(aggregated logits, labels) of the decodable rows of a batch that carries `views`."""
+) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+    """(aggregated logits, labels, keys) of the decodable rows of a batch that carries `views`."""
     weights = batch.get("weight")
     keep = [i for i in range(len(batch["views"])) if weights is None or float(weights[i]) > 0]
     labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.float32)[keep], device=device)
@@ -207,40 +216,64 @@ def _view_batch_logits(
             return model(x).reshape(-1).float().cpu().numpy()
 
     logits = image_logits(forward, [batch["views"][i] for i in keep], config.view_policy)
-    return torch.as_tensor(logits, dtype=torch.float32, device=device), labels
+    return torch.as_tensor(logits, dtype=torch.float32, device=device), labels, _kept(batch, keep)
+
+
+class Validation(NamedTuple):
+    """One pass over validation batches: labels, raw logits, mean BCE loss, and the rows' `key`s (paths) when
+    the batches carry them (to join the predictions back to their rows: per-condition metrics, OOF files)."""
+
+    labels: np.ndarray
+    logits: np.ndarray
+    loss: float
+    keys: list[Any]
 
 
 @torch.inference_mode()
-def predict_logits(
+def validate(
     model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str = "auto",
     config: LoopConfig | None = None,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, raw logits, mean BCE loss) over `batches`, model in eval mode (what calibration is fitted on)."""
+) -> Validation:
+    """Score `batches` with the model in eval mode (raw logits: what calibration is fitted on)."""
     precision = resolve_precision(precision, device)
     model.eval()
     config = config or LoopConfig()
     labels_out: list[np.ndarray] = []
     logits_out: list[np.ndarray] = []
+    keys: list[Any] = []
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     total = 0.0
     for batch in batches:
         if isinstance(batch, Mapping) and "views" in batch:
-            logits, labels = _view_batch_logits(model, batch, device, precision, config)
+            logits, labels, kept = _view_batch_logits(model, batch, device, precision, config)
         else:
             images, labels, weights = _unpack(batch, device)
             if images.shape[0] == 0:
                 continue
             with autocast(precision, device):
                 logits = model(images).reshape(-1).float()
+            keep = None
             if weights is not None:  # rows that failed to decode are not scored
                 keep = weights > 0
                 logits, labels = logits[keep], labels[keep]
+                keep = keep.cpu().numpy()
+            kept = _kept(batch, keep)
         total += float(loss_fn(logits, labels))
         labels_out.append(labels.cpu().numpy())
         logits_out.append(logits.cpu().numpy())
+        keys.extend(kept)
     labels_all = np.concatenate(labels_out) if labels_out else np.zeros(0)
     logits_all = np.concatenate(logits_out) if logits_out else np.zeros(0)
-    return labels_all, logits_all, (total / len(labels_all) if len(labels_all) else float("nan"))
+    return Validation(labels_all, logits_all, total / len(labels_all) if len(labels_all) else float("nan"), keys)
+
+
+def predict_logits(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str = "auto",
+    config: LoopConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, raw logits, mean BCE loss) over `batches`, model in eval mode (what calibration is fitted on)."""
+    labels, logits, loss, _ = validate(model, batches, device, precision, config)
+    return labels, logits, loss
 
 
 def predict_batches(
@@ -293,7 +326,7 @@ class EarlyStopping:
 
 
 EpochCallback = Callable[[dict[str, float], nn.Module, bool], None]
-ValidationCallback = Callable[[np.ndarray, np.ndarray], None]
+ValidationCallback = Callable[[Validation], None]
 
 
 def fit(
@@ -312,9 +345,9 @@ def fit(
 
     `train_batches()` / `val_batches()` return a fresh iterable per epoch. `on_epoch(record, model, improved)`
     runs after each epoch (Ray: report + checkpoint). `sync_stop(local_decision)` makes every worker agree on
-    early stopping (rank 0 decides). `on_validation(labels, logits)` sees each epoch's raw validation logits
-    before `on_epoch` (the trainer fits the calibration of an improved epoch on them). The returned history
-    has one dict per epoch:
+    early stopping (rank 0 decides). `on_validation(Validation)` sees each epoch's raw validation logits
+    (and row keys) before `on_epoch` (the trainer fits the calibration of an improved epoch on them).
+    The returned history has one dict per epoch:
     epoch, lr, train_loss, val_loss, val_accuracy, val_precision, val_recall, val_f1, val_auc, best_val_f1.
     """
     device = torch.device(device)
@@ -344,9 +377,10 @@ def fit(
             scheduler_per_step.step()
         if frozen:
             set_stem_frozen(model, False)
-        labels, logits, val_loss = predict_logits(model, val_batches(), device, precision, config)
+        validation = validate(model, val_batches(), device, precision, config)
+        labels, logits, val_loss = validation.labels, validation.logits, validation.loss
         if on_validation is not None:
-            on_validation(labels, logits)
+            on_validation(validation)
         probs = torch.sigmoid(torch.as_tensor(logits)).numpy()
         metrics = classification_metrics(labels, probs, config.threshold)
         improved = stopper.update(metrics["f1"], val_loss)

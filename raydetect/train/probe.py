@@ -185,14 +185,16 @@ def probe_folds(assigned: pd.DataFrame, features: pd.DataFrame, c: float, seed: 
         metrics = {f"val_{k}": float(v) for k, v in classification_metrics(y[val], probs).items()}
         out.append({"fold": int(fold), "probe": probe, "metrics": {"val_loss": loss, **metrics},
                     "n_train": int((~val).sum()), "n_val": int(val.sum()), "wall_s": time.perf_counter() - start,
-                    "labels": y[val], "logits": logits})
+                    "labels": y[val], "logits": logits,
+                    "predictions": pd.DataFrame({"path": frame["path"].to_numpy()[val], "label": y[val],
+                                                 "logit": logits.astype(float)})})
     return out
 
 
 def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] | None, name: str, output: str | None):
     """The probe recipe of `raydetect train` (see the module docstring); returns a `TrainOutcome`."""
     from raydetect.models.bundle import ModelCard, save_model
-    from raydetect.train.cv import TrainOutcome, cv_table, fold_assignment
+    from raydetect.train.cv import TrainOutcome, cv_table, fold_assignment, out_of_fold
     from raydetect.train.trainer import FoldRun, labelled_rows, view_policy
 
     start = time.perf_counter()
@@ -211,9 +213,11 @@ def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] |
     runs = [
         FoldRun(name=f"{name}-fold{r['fold']}", fold=r["fold"], path="", checkpoint_uri=None, best_epoch=1,
                 best_metrics=r["metrics"], history=[r["metrics"]], n_train=r["n_train"], n_val=r["n_val"],
-                wall_s=r["wall_s"], params={"recipe": "probe", "probe_c": t.probe_c}, calibration=r["calibration"])
+                wall_s=r["wall_s"], params={"recipe": "probe", "probe_c": t.probe_c}, calibration=r["calibration"],
+                predictions=r["predictions"])
         for r in results
     ]  # fmt: skip
+    predictions = out_of_fold(runs, assigned)
     f1s = [run.f1 for run in runs]
     best = results[int(np.nanargmax(f1s))]
     model = set_head(build_backbone(t.backbone, t.weights, t.input_filter).eval(), *affine(best["probe"]))
@@ -232,4 +236,4 @@ def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] |
     model_uri = save_model(model, card, output or str(settings.workdir_path / "models" / name))
     return TrainOutcome(runs=runs, table=cv_table(runs), folds=assigned, model_uri=model_uri, best_fold=best["fold"],
                         f1_mean=cv_metrics["cv_f1_mean"], f1_std=cv_metrics["cv_f1_std"],
-                        wall_s=time.perf_counter() - start)  # fmt: skip
+                        wall_s=time.perf_counter() - start, predictions=predictions)  # fmt: skip

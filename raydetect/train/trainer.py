@@ -23,6 +23,7 @@ checkpoint_score_attribute="val_f1")` keeps only the best.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import statistics
@@ -69,6 +70,8 @@ class FoldRun:
     stopped_early: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None  # the best checkpoint's (fitted on this fold's validation)
+    predictions: pd.DataFrame | None = field(default=None, repr=False)  # its validation rows: path, label, logit
+    conditions: dict[str, float] = field(default_factory=dict)  # evaluate.metrics.condition_metrics of those
 
     @property
     def f1(self) -> float:
@@ -80,11 +83,12 @@ class FoldRun:
             row[key.removeprefix("val_")] = self.best_metrics.get(key, float("nan"))
         if self.calibration:
             row.update({key: self.calibration.get(key, float("nan")) for key in CALIBRATION_COLUMNS})
+        row.update(self.conditions)
         row.update(n_train=self.n_train, n_val=self.n_val, wall_s=round(self.wall_s, 1))
         return row
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "predictions"}
 
 
 # --- helpers shared with cv.py / tune.py -----------------------------------------------------------------
@@ -160,7 +164,28 @@ def _validation_batch(table: Any, policy: ViewPolicy) -> dict[str, Any]:
         "views": read_views(table, policy),
         "label": np.asarray(table.column("label").to_numpy(zero_copy_only=False), dtype=np.float32),
         "weight": _decoded(table.column("error").to_pylist()),
+        **({"key": np.asarray(table.column("path").to_pylist(), dtype=object)} if "path" in table.column_names else {}),
     }
+
+
+VALIDATION_FILE = "validation.parquet"  # beside a checkpoint's weights: its epoch's validation predictions
+
+
+def write_validation(validation: Any, directory: str) -> None:
+    """`path, label, logit` of one validation pass (a `loop.Validation` whose batches carried paths)."""
+    if len(validation.keys) != len(validation.labels):
+        return  # batches without paths: nothing to join the predictions back to
+    frame = pd.DataFrame({"path": validation.keys, "label": validation.labels.astype(int),
+                          "logit": validation.logits.astype(float)})  # fmt: skip
+    frame.to_parquet(f"{directory}/{VALIDATION_FILE}", index=False)
+
+
+def read_validation(checkpoint_uri: str | None) -> pd.DataFrame | None:
+    """The validation predictions saved with a checkpoint (None for a checkpoint without them)."""
+    uri = storage.join(checkpoint_uri, VALIDATION_FILE) if checkpoint_uri else None
+    if uri is None or not storage.exists(uri):
+        return None
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
 
 
 def _training_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -271,10 +296,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
     prior_f1s = [float(f) for f in cfg.get("prior_f1s", [])]
     calibration = CalibrationSettings(**cfg.get("calibration", {}))
-    last_val: dict[str, np.ndarray] = {}
+    last_val: dict[str, Any] = {}
 
-    def on_validation(labels: np.ndarray, logits: np.ndarray) -> None:
-        last_val.update(labels=labels, logits=logits)
+    def on_validation(validation: Any) -> None:
+        last_val["validation"] = validation
 
     def on_epoch(record: dict[str, float], plain_model: torch.nn.Module, improved: bool) -> None:
         metrics: dict[str, Any] = dict(record)
@@ -291,9 +316,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             )
             if calibration.enabled:
                 where = "validation" + ("" if cfg.get("fold") is None else f" fold {cfg['fold']}")
-                card = card.calibrated(calibrate_with(last_val["logits"], last_val["labels"], calibration, where))
+                val = last_val["validation"]
+                card = card.calibrated(calibrate_with(val.logits, val.labels, calibration, where))
             with tempfile.TemporaryDirectory() as tmp:
                 save_model(plain_model, card, tmp)
+                write_validation(last_val["validation"], tmp)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -470,6 +497,7 @@ def fit_fold(
         stopped_early=bool(output.get("stopped_early", False)),
         params=params,
         calibration=load_card(checkpoint_uri).calibration if checkpoint_uri else None,
+        predictions=read_validation(checkpoint_uri),
     )
 
 

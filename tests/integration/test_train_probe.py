@@ -14,13 +14,14 @@ from raydetect.data.images import decode_image
 from raydetect.models.bundle import Detector
 from raydetect.train.cv import format_cv_table, train_detector
 from raydetect.train.probe import FEATURE_COLUMN, extract_features
+from tests.cv_support import assert_out_of_fold
 from tests.datasets import make_kaggle_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_probe_cv_exports_a_model_that_scores_like_its_probe(ray_cluster, tmp_path: Path) -> None:
-    root = make_kaggle_dataset(tmp_path / "data", n_pairs=12, size=48)
+    root = make_kaggle_dataset(tmp_path / "data", n_pairs=12, size=48, processed_every=3)
     settings = load_settings(None, {
         "workdir": str(tmp_path / "work"), "images": {"size": 32},
         "tracking": {"mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test-probe"},
@@ -47,6 +48,7 @@ def test_probe_cv_exports_a_model_that_scores_like_its_probe(ray_cluster, tmp_pa
     probs = np.array([detector.predict_image(decode_image(Path(p).read_bytes())) for p in val["path"]])
     labels = val["label"].astype(int).to_numpy()
     assert float(np.mean((probs >= 0.5) == labels)) == pytest.approx(card.metrics["val_accuracy"])
+    assert_out_of_fold(outcome)
     # Features are cached: a second extraction reads them back, one vector per image.
     features = extract_features(outcome.folds, settings, detector.policy)
     assert len(features) == 24 and len(features[FEATURE_COLUMN].iloc[0]) == 1280

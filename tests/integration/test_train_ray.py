@@ -13,6 +13,7 @@ from raydetect.data.images import decode_image
 from raydetect.models.bundle import Detector
 from raydetect.models.filters import NPRFilter
 from raydetect.train.cv import format_cv_table, train_detector
+from tests.cv_support import assert_out_of_fold
 from tests.datasets import make_kaggle_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -104,7 +105,7 @@ def test_fold_learns_checkpoints_to_s3_and_logs_to_mlflow(ray_cluster, s3_bucket
 
 
 def test_cv_trains_every_fold_without_sharing_groups(ray_cluster, tmp_path: Path) -> None:
-    root = make_kaggle_dataset(tmp_path / "data", n_pairs=12, size=32)
+    root = make_kaggle_dataset(tmp_path / "data", n_pairs=12, size=32, processed_every=3)
     # two data-parallel workers (DDP over gloo), trained on 24 px native crops, validated on whole 32 px images
     settings = tiny_settings(tmp_path, epochs=1, workers=2, crop_size=24)
     outcome = train_detector(str(root), settings, cv=3)
@@ -125,6 +126,7 @@ def test_cv_trains_every_fold_without_sharing_groups(ray_cluster, tmp_path: Path
     card = Detector.load(outcome.model_uri, device="cpu").card
     assert card.metrics["cv_folds"] == 3
     assert card.image_size == 32 and card.params["crop_size"] == 24  # scoring sees the whole image
+    assert_out_of_fold(outcome)  # each checkpoint's validation predictions, joined back to their rows by path
 
 
 def test_train_cli_writes_a_model_that_raydetect_score_loads(ray_cluster, tmp_path: Path) -> None:

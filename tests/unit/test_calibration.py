@@ -135,7 +135,7 @@ def test_fit_keeps_the_best_epochs_validation_logits_for_calibration():
     x = rng.normal(0, 1, (32, 3, 16, 16)).astype(np.float32) + y[:, None, None, None] * 0.8
     seen = []
     result = fit(build_backbone("tinycnn", "none"), tensor_batches(x, y, 8), tensor_batches(x, y, 16),
-                 LoopConfig(epochs=2, lr=1e-2), on_validation=lambda labels, logits: seen.append(logits))  # fmt: skip
+                 LoopConfig(epochs=2, lr=1e-2), on_validation=lambda v: seen.append(v.logits))  # fmt: skip
     labels, logits = result.best_val
     assert len(seen) == 2 and np.array_equal(labels, y) and logits.shape == (32,)
     assert np.array_equal(logits, seen[result.best_epoch - 1])

@@ -167,3 +167,18 @@ def test_write_report_takes_the_calibration_from_the_runs_manifest(tmp_path: Pat
     summary = write_report(str(run), frame.drop(columns=["prob_ai"]), str(tmp_path / "r.html"))
     assert summary["calibration"]["temperature"] == 1.7 and "ece_before" in summary["calibration"]
     assert summary["decision"]["review_band"] == [0.3, 0.55] and summary["threshold"] == 0.45
+
+
+def test_condition_metrics_are_f1_as_generated_and_processed_real_photos_called_real() -> None:
+    from raydetect.evaluate.metrics import condition_metrics
+
+    frame = pd.DataFrame({
+        "label":      [0, 0, 1, 1, 0, 0, 0, 1],
+        "prob_ai":    [0.1, 0.7, 0.9, 0.2, 0.6, 0.3, 0.2, 0.95],
+        "processing": ["none", "none", "none", "none", "hardneg:blur1.1", "jpeg70", None, "blur1.0"],
+    })  # fmt: skip
+    got = condition_metrics(frame)
+    # as generated (none, and a missing value): labels 0,0,1,1,0 vs calls 0,1,1,0,0 -> tp 1, fp 1, fn 1
+    assert got["f1_as_generated"] == pytest.approx(2 / 4)
+    assert got["real_processed_acc"] == pytest.approx(1 / 2)  # hardneg 0.6 called AI, jpeg70 0.3 called real
+    assert all(np.isnan(v) for v in condition_metrics(frame.drop(columns="processing")).values())
