@@ -186,6 +186,27 @@ def stem_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in head_ids]
 
 
+def early_parameters(model: nn.Module, trainable_blocks: int | None) -> list[nn.Parameter]:
+    """What stays frozen when only the last `trainable_blocks` of `model.blocks` (timm ViTs and EfficientNets,
+    CLSStack) and what follows them train: every parameter registered before the first trainable block (stem,
+    patch and position embeddings, earlier blocks). None: nothing stays frozen."""
+    if trainable_blocks is None:
+        return []
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential):
+        kind = type(model).__name__
+        raise ValueError(f"trainable_blocks needs a backbone with `blocks` (timm ViT / EfficientNet), not {kind}")
+    if trainable_blocks >= len(blocks):
+        return []
+    first = next(blocks[len(blocks) - trainable_blocks].parameters())
+    early = []
+    for param in model.parameters():
+        if param is first:
+            break
+        early.append(param)
+    return early
+
+
 def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the backbone's pretrained weights expect: TF's 0.5/0.5 for EfficientNet-Lite, CLIP's for
     the CLIP encoders, else ImageNet's (DINOv2 included)."""

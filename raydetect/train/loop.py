@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from raydetect.models.backbones import stem_parameters
+from raydetect.models.backbones import early_parameters, stem_parameters
 from raydetect.models.precision import autocast, resolve_precision
 from raydetect.models.views import ViewPolicy, image_logits, normalize
 
@@ -42,6 +42,7 @@ class LoopConfig:
     weight_decay: float = 1e-4
     patience: int = 3
     freeze_stem_epochs: int = 0
+    trainable_blocks: int | None = None  # only the last N blocks (and the head) train; None: the whole model
     warmup_steps: int = 0
     min_lr_ratio: float = 0.01
     threshold: float = 0.5
@@ -106,18 +107,21 @@ def cosine_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def set_stem_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze (or unfreeze) everything but the head; frozen BatchNorm layers also stop updating statistics."""
+def set_stem_frozen(model: nn.Module, frozen: bool, trainable_blocks: int | None = None) -> None:
+    """Freeze (or unfreeze) everything but the head; with `trainable_blocks` the parameters before the last
+    N blocks stay frozen either way (backbones.early_parameters). Frozen BatchNorm layers stop updating their
+    statistics."""
     inner = unwrap(model)
     stem = {id(p) for p in stem_parameters(inner)}
+    fixed = {id(p) for p in early_parameters(inner, trainable_blocks)}
     for param in inner.parameters():
         if id(param) in stem:
-            param.requires_grad_(not frozen)
-    if frozen:
-        for module in inner.modules():
-            params = list(module.parameters(recurse=False))
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and id(params[0]) in stem:
-                module.eval()
+            param.requires_grad_(not frozen and id(param) not in fixed)
+    still = stem if frozen else fixed
+    for module in inner.modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and id(params[0]) in still:
+            module.eval()
 
 
 def _unpack(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -368,7 +372,7 @@ def fit(
     for epoch in range(config.epochs):
         frozen = epoch < config.freeze_stem_epochs
         model.train()
-        set_stem_frozen(model, frozen)
+        set_stem_frozen(model, frozen, config.trainable_blocks)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, _ = train_one_epoch(
             model, train_batches(), optimizer, scheduler, device, precision, config.grad_clip, scaler, adversarial
@@ -376,7 +380,7 @@ def fit(
         if scheduler_per_step is not None:
             scheduler_per_step.step()
         if frozen:
-            set_stem_frozen(model, False)
+            set_stem_frozen(model, False, config.trainable_blocks)
         validation = validate(model, val_batches(), device, precision, config)
         labels, logits, val_loss = validation.labels, validation.logits, validation.loss
         if on_validation is not None:

@@ -254,7 +254,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     loop = LoopConfig.from_dict(cfg["loop"])
     seed_everything(loop.seed)
     model = build_backbone(cfg["backbone"], cfg["weights"], cfg["input_filter"]).to(memory_format=torch.channels_last)
-    ddp_kwargs = {"find_unused_parameters": True} if loop.freeze_stem_epochs and world > 1 else None
+    partly_frozen = loop.freeze_stem_epochs or loop.trainable_blocks
+    ddp_kwargs = {"find_unused_parameters": True} if partly_frozen and world > 1 else None
     model = rtt.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
     device = rtt.get_device()
     views = [ray.train.get_dataset_shard(f"{TRAIN_VIEW}{i}") for i in range(cfg["views"])]
@@ -366,6 +367,7 @@ def loop_config(settings: Settings, **overrides: Any) -> LoopConfig:
         "weight_decay": train.weight_decay,
         "patience": train.patience,
         "freeze_stem_epochs": train.freeze_stem_epochs,
+        "trainable_blocks": train.trainable_blocks,
         "seed": settings.seed,
         "precision": settings.precision,
         "adv": train.adv,
@@ -418,6 +420,7 @@ def fit_fold(
         "weight_decay": train.weight_decay,
         "augment_strength": train.augment_strength,
         "freeze_stem_epochs": train.freeze_stem_epochs,
+        **({"trainable_blocks": train.trainable_blocks} if train.trainable_blocks else {}),
         "patience": train.patience,
         "workers": workers,
         "use_gpu": gpu,

@@ -320,3 +320,25 @@ def test_augment_view_count_is_one_per_epoch_at_most_and_one_without_augmentatio
     assert views(crop_size=32, augment_views=4, epochs=2) == 2  # no view would go unused
     assert views(crop_size=None, augment_strength=0.0, augment_views=4, epochs=10) == 1  # nothing to vary
     assert views(crop_size=None, augment_strength=0.5, augment_views=3, epochs=10) == 3
+
+
+def test_only_the_last_blocks_and_the_head_train_with_trainable_blocks() -> None:
+    import timm
+
+    from raydetect.models.backbones import early_parameters
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=1, depth=3, embed_dim=32,
+                            num_heads=2, img_size=32, patch_size=8)  # fmt: skip
+    early = early_parameters(vit, 1)
+    assert {id(p) for p in early} >= {id(vit.cls_token), id(vit.pos_embed), *map(id, vit.blocks[1].parameters())}
+    assert not {id(p) for p in early} & {id(p) for p in [*vit.blocks[2].parameters(), *vit.head.parameters()]}
+    before = {name: p.detach().clone() for name, p in vit.named_parameters()}
+    x, y = separable_arrays(8)
+    fit(vit, tensor_batches(x, y, 8), tensor_batches(x, y, 16), LoopConfig(epochs=2, lr=1e-2, trainable_blocks=1))
+    moved = {name for name, p in vit.named_parameters() if not torch.equal(before[name], p.detach())}
+    assert moved and all(name.startswith(("blocks.2.", "norm.", "head.")) for name in moved), moved
+    assert any(name.startswith("blocks.2.") for name in moved) and "head.weight" in moved
+    assert early_parameters(vit, 3) == [] and early_parameters(vit, None) == []
+    with pytest.raises(ValueError, match="blocks"):
+        early_parameters(build_backbone("tinycnn", "none"), 1)
