@@ -25,7 +25,8 @@ def train(
     root: Annotated[str, typer.Argument(help="Dataset root (Kaggle layout), local or s3://.")],
     backbone: Annotated[
         str | None,
-        typer.Option(help="resnet18/34/50/101, efficientnet_lite0/1/2, clip_vit_b16/l14, dinov2_vits14, tinycnn."),
+        typer.Option(help="resnet18/34/50/101, efficientnet_lite0/1/2, clip_vit_b16/l14, clip_vit_b16_mid "
+                     "(head on blocks 4-8), dinov2_vits14, tinycnn."),
     ] = None,
     weights: Annotated[
         str | None,

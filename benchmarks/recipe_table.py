@@ -1,0 +1,96 @@
+"""The recipe comparison of issue 17 from the models' own cross-validation: one row per model directory (its
+`cv_predictions.parquet`, the out-of-fold rows `raydetect train --cv K` writes beside the model) and a row for
+the mean-P(AI) ensemble of them all, on the same grouped folds.
+
+    python benchmarks/recipe_table.py NAME=MODEL_DIR [NAME=MODEL_DIR ...] [--ensemble a,b] [--html table.html]
+
+Per row: F1 and AUC (mean ± std over the folds), accuracy, F1 on the images left as generated, and the share of
+the processed real photos (resized / blurred / re-compressed, hard negatives) called real — the figures where the
+"soft means AI" shortcut shows. Threshold 0.5 on each fold's uncalibrated P(AI) (what the CV table reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raydetect.evaluate.metrics import binary_metrics, condition_metrics
+from raydetect.train.cv import CV_PREDICTIONS_FILE
+
+COLUMNS = ("f1", "auc_roc", "accuracy", "f1_as_generated", "real_processed_acc")
+
+
+def read_oof(model_dir: str) -> pd.DataFrame:
+    frame = pd.read_parquet(Path(model_dir) / CV_PREDICTIONS_FILE)
+    return frame.sort_values("path").reset_index(drop=True)
+
+
+def fold_figures(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per fold: the `COLUMNS` of its out-of-fold rows."""
+    rows = []
+    for fold, rows_of_fold in frame.groupby("fold"):
+        figures = binary_metrics(rows_of_fold["label"].to_numpy(), rows_of_fold["prob_ai"].to_numpy())
+        rows.append({"fold": fold, **figures, **condition_metrics(rows_of_fold)})
+    return pd.DataFrame(rows)
+
+
+def ensemble(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Mean P(AI) per image over the members; they must share the images and the folds."""
+    first = next(iter(frames.values()))
+    for name, frame in frames.items():
+        same = frame["path"].tolist() == first["path"].tolist() and (frame["fold"] == first["fold"]).all()
+        if not same:
+            raise SystemExit(f"{name}: not the same images/folds as the other models; retrain with the same --cv")
+    out = first.drop(columns=["logit"], errors="ignore").copy()
+    out["prob_ai"] = np.mean([f["prob_ai"].to_numpy() for f in frames.values()], axis=0)
+    return out
+
+
+def summary_row(name: str, frame: pd.DataFrame) -> dict[str, object]:
+    folds = fold_figures(frame)
+    row: dict[str, object] = {"recipe": name, "folds": len(folds), "n": len(frame)}
+    for column in COLUMNS:
+        values = folds[column].to_numpy(dtype=float)
+        row[column] = f"{np.nanmean(values):.3f} ± {np.nanstd(values, ddof=1):.3f}" if len(values) > 1 else (
+            f"{values[0]:.3f}")
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="NAME=MODEL_DIR (a model directory written by raydetect train --cv)")
+    parser.add_argument("--ensemble", default=None, help="comma-separated NAMEs to average (default: all of them)")
+    parser.add_argument("--html", default=None, help="also write the table as a single-file HTML page")
+    args = parser.parse_args(argv)
+    frames = {}
+    for item in args.models:
+        name, _, path = item.partition("=")
+        frames[name] = read_oof(path or name)
+    rows = [summary_row(name, frame) for name, frame in frames.items()]
+    members = args.ensemble.split(",") if args.ensemble else list(frames)
+    if len(members) > 1:
+        rows.append(summary_row("ensemble(" + "+".join(members) + ")", ensemble({m: frames[m] for m in members})))
+    table = pd.DataFrame(rows)
+    print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    if args.html:
+        body = table.to_html(index=False, escape=True)
+        Path(args.html).write_text(f"<!doctype html><meta charset=utf-8><title>{html.escape('recipes')}</title>"
+                                   f"<h1>Recipes, grouped {rows[0]['folds']}-fold CV</h1>{body}")  # fmt: skip
+    return 0
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
