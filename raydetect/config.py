@@ -240,6 +240,10 @@ class MonitorSettings(_Section):
     metrics: list[str] = ["f1", "auc_roc"]
 
 
+class DemoSettings(_Section):
+    train: dict[str, Any] | None = None  # `train:` keys the demo trains with instead (its recipe; defaults.yaml)
+
+
 class Settings(_Section):
     workdir: str = ".raydetect"
     seed: int = 0
@@ -257,6 +261,12 @@ class Settings(_Section):
     serve: ServeSettings = ServeSettings()
     registry: RegistrySettings = RegistrySettings()
     monitor: MonitorSettings = MonitorSettings()
+    demo: DemoSettings = DemoSettings()
+
+    def for_demo(self) -> Settings:
+        """These settings with `demo.train` over `train` (validated like any `train:` section)."""
+        train = TrainSettings.model_validate({**self.train.model_dump(), **(self.demo.train or {})})
+        return self.model_copy(update={"train": train})
 
     @property
     def workdir_path(self) -> Path:

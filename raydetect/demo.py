@@ -50,6 +50,7 @@ def run_demo(
     from raydetect.train.cv import format_cv_table, train_detector
     from raydetect.train.trainer import unique_name
 
+    settings = settings.for_demo()  # the demo's recipe (`demo.train`)
     workdir = settings.workdir_path
     workdir.mkdir(parents=True, exist_ok=True)
     out = DemoOutputs(workdir)
@@ -78,12 +79,12 @@ def run_demo(
         raise SystemExit(f"the benchmark failed verification: {report['blocking']}")
 
     outcome = _stage(
-        "3/6 train (Ray Train)",
+        f"3/6 train ({settings.train.recipe} {settings.train.backbone})",
         out,
         lambda: train_detector(bench_root, settings, cv=1, output=model_dir, name=version),
         log,
     )
-    log(format_cv_table(outcome.table, f"{settings.train.backbone}: validation fold"))
+    log(format_cv_table(outcome.table, f"{settings.train.recipe} {settings.train.backbone}: validation fold"))
     out.outputs["model"] = outcome.model_uri or model_dir
     out.outputs["mlflow"] = settings.mlflow_uri()
 

@@ -25,7 +25,8 @@ def test_demo_runs_every_stage(tmp_path: Path, ray_cluster: None):
         overrides={
             "workdir": str(tmp_path / "work"),
             "benchmark": {"sizes": [64], "test_sizes": None, "generators": ["esrgan", "waifu2x"], "max_actors": 1},
-            "train": {"backbone": "tinycnn", "weights": "none", "epochs": 1, "batch_size": 8},
+            # the demo's own recipe (demo.train: a linear probe), on a tiny backbone
+            "demo": {"train": {"backbone": "tinycnn", "weights": "none"}},
             "serve": {"port": _free_port()},
         }
     )
@@ -39,7 +40,9 @@ def test_demo_runs_every_stage(tmp_path: Path, ray_cluster: None):
     assert (work / "benchmark" / "benchmark_preview.png").exists()
     assert (work / "models" / "demo" / "model.json").exists()
     # The predictions are this model's: a run of their own, named by the new model's version.
-    version = json.loads((work / "models" / "demo" / "model.json").read_text())["version"]
+    card = json.loads((work / "models" / "demo" / "model.json").read_text())
+    version = card["version"]
+    assert card["params"]["recipe"] == "probe" and card["backbone"] == "tinycnn"
     assert version.startswith("demo-")
     assert outputs.outputs["predictions"] == str(work / "predictions" / f"run={version}")
     assert (work / "predictions" / f"run={version}" / "_SUCCESS").exists()

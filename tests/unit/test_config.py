@@ -38,3 +38,15 @@ def test_mlflow_uri_falls_back_to_sqlite_in_workdir(tmp_path: Path, monkeypatch:
     assert settings.mlflow_uri() == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert settings.mlflow_uri() == "http://127.0.0.1:5000"
+
+
+def test_the_demo_trains_its_own_recipe_over_train():
+    settings = load_settings(overrides=["train.epochs=3"]).for_demo()
+    assert (settings.train.recipe, settings.train.backbone, settings.train.input_filter) == (
+        "probe", "clip_vit_b16_mid", "none")
+    assert settings.train.probe_c == 0.05 and settings.train.epochs == 3  # the rest of `train:` stays
+    mine = load_settings(overrides=["demo.train.backbone=tinycnn"]).for_demo()
+    assert (mine.train.backbone, mine.train.recipe) == ("tinycnn", "probe")  # deep-merged into demo.train
+    assert load_settings(overrides=["demo.train=null"]).for_demo().train == load_settings().train
+    with pytest.raises(ValidationError):
+        load_settings(overrides=["demo.train.epochz=3"]).for_demo()
