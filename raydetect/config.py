@@ -82,6 +82,7 @@ class TrainSettings(_Section):
     patience: int = Field(3, gt=0)
     freeze_stem_epochs: int = Field(0, ge=0)
     trainable_blocks: int | None = Field(None, gt=0)  # only the last N blocks (and the head) train; null: all
+    leave_generator_out: bool = False  # also train without each generator in turn (generalisation table)
     augment_strength: float = Field(0.0, ge=0)
     image_size: int | None = Field(None, gt=0)  # null -> images.size
     crop_size: int | None = Field(128, gt=0)  # train on random crops of this side at native resolution

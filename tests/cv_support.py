@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raydetect.train.cv import CV_PREDICTIONS_FILE, format_cv_table
+from raydetect.train.cv import CV_PREDICTIONS_FILE, GENERALISATION_FILE, format_cv_table, format_generalisation
 
 
 def assert_out_of_fold(outcome) -> None:
@@ -31,3 +31,18 @@ def assert_out_of_fold(outcome) -> None:
     saved = pd.read_parquet(Path(outcome.model_uri) / CV_PREDICTIONS_FILE)
     assert len(saved) == len(oof) and {"fold", "logit", "prob_ai", "processing", "generator"} <= set(saved.columns)
 
+
+
+def assert_leave_generator_out(outcome, generators: list[str]) -> None:
+    """One row per held-out generator, validated on the real images and that generator's AI images only (every
+    fold's), saved beside the model and printable."""
+    table = outcome.generalisation.set_index("generator")
+    assert list(table.index) == generators and (table["folds"] == len(outcome.runs)).all()
+    rows = outcome.folds
+    for generator in generators:
+        expected = int((rows["label"].eq(0) | rows["generator"].eq(generator)).sum())
+        assert table.loc[generator, "n_val"] == expected
+        assert 0 <= table.loc[generator, "ai_caught"] <= 1 and 0 <= table.loc[generator, "real_passed"] <= 1
+    saved = pd.read_csv(Path(outcome.model_uri) / GENERALISATION_FILE)
+    assert saved["generator"].tolist() == generators
+    assert "leave one generator out" in format_generalisation(outcome.generalisation)

@@ -44,10 +44,12 @@ def make_kaggle_dataset(
     fmt: str = "PNG",
     n_test: int = 4,
     processed_every: int = 0,
+    generators: tuple[str, ...] = ("checker",),
 ) -> Path:
     """Write `train.csv`, `test.csv`, `train_data/`, `test_data_v2/` under `root`; one group per pair. With
     `processed_every` k > 0 the rows gain a `processing` column: `blur1.0` on every k-th pair, else `none`
-    (a label for the per-condition metrics only; the pixels are not blurred)."""
+    (a label for the per-condition metrics only; the pixels are not blurred). Pair i's AI image is credited
+    to `generators[i % len(generators)]` (names only: every counterpart is the same checkerboard)."""
     rng = np.random.default_rng(seed)
     ext = "png" if fmt == "PNG" else "jpg"
     (root / "train_data").mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,7 @@ def make_kaggle_dataset(
                     "label": label,
                     "group": f"photo{i:04d}",
                     "category": "human" if i % 3 == 0 else "other",
-                    "generator": "real" if label == 0 else "checker",
+                    "generator": "real" if label == 0 else generators[i % len(generators)],
                     **({"processing": "none" if i % processed_every else "blur1.0"} if processed_every else {}),
                 }
             )

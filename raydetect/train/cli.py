@@ -58,12 +58,17 @@ def train(
     adv_eps: Annotated[
         float | None, typer.Option(help="Its L-inf budget in grey levels of an 8-bit image: 2 means 2/255.")
     ] = None,
+    leave_generator_out: Annotated[
+        bool | None,
+        typer.Option("--leave-generator-out/--no-leave-generator-out",
+                     help="Also train without each generator in turn: a train-on-others / test-on-one table."),
+    ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
     """Fine-tune a detector with Ray Train (or fit a linear probe on frozen features) on one fold or with
     k-fold CV; log to MLflow; export the model."""
-    from raydetect.train.cv import format_cv_table, train_detector
+    from raydetect.train.cv import format_cv_table, format_generalisation, train_detector
 
     settings = _settings(
         config,
@@ -84,6 +89,7 @@ def train(
             "train.recipe": recipe,
             "train.adv": adv,
             "train.adv_eps_255": adv_eps,
+            "train.leave_generator_out": leave_generator_out,
         },
     )
     outcome = train_detector(root, settings, output=output)
@@ -94,6 +100,8 @@ def train(
     typer.echo(format_cv_table(outcome.table, title))
     typer.echo(f"wall time: {outcome.wall_s:.1f} s")
     typer.echo(f"model: {outcome.model_uri}  (best fold {outcome.best_fold})")
+    if outcome.generalisation is not None:
+        typer.echo(format_generalisation(outcome.generalisation))
     if outcome.mlflow_run_id:
         typer.echo(f"mlflow run: {outcome.mlflow_run_id}  ({settings.mlflow_uri()})")
     if "registry_version" in outcome.extra:

@@ -51,6 +51,7 @@ class TrainOutcome:
     mlflow_run_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     predictions: pd.DataFrame | None = None  # out-of-fold validation rows (`out_of_fold`)
+    generalisation: pd.DataFrame | None = None  # leave-one-generator-out (`generalisation_table`)
 
 
 def fold_assignment(df: pd.DataFrame, k: int, settings: Settings, root: str | None = None) -> pd.DataFrame:
@@ -83,12 +84,86 @@ def out_of_fold(runs: list[FoldRun], assigned: pd.DataFrame) -> pd.DataFrame | N
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def save_out_of_fold(predictions: pd.DataFrame | None, model_uri: str | None) -> None:
-    """Write the CV's out-of-fold predictions beside the model it exported (ensembles and tables read them)."""
-    if predictions is not None and model_uri is not None:
-        buffer = io.BytesIO()
-        predictions.to_parquet(buffer, index=False)
-        storage.write_bytes(storage.join(model_uri, CV_PREDICTIONS_FILE), buffer.getvalue())
+def save_beside_model(frame: pd.DataFrame | None, model_uri: str | None, file: str) -> None:
+    """Write a table of the training run into the model directory it exported (Parquet, or CSV by `file`'s
+    suffix): the CV's out-of-fold predictions (ensembles, recipe tables), the generalisation table."""
+    if frame is None or model_uri is None:
+        return
+    buffer = io.BytesIO()
+    if file.endswith(".csv"):
+        frame.to_csv(buffer, index=False)
+    else:
+        frame.to_parquet(buffer, index=False)
+    storage.write_bytes(storage.join(model_uri, file), buffer.getvalue())
+
+
+def read_beside_model(model_uri: str, file: str) -> pd.DataFrame | None:
+    """A table `save_beside_model` wrote (None when the model directory has none)."""
+    uri = storage.join(model_uri, file)
+    if not storage.exists(uri):
+        return None
+    data = io.BytesIO(storage.read_bytes(uri))
+    return pd.read_csv(data) if file.endswith(".csv") else pd.read_parquet(data)
+
+
+def held_out(train: pd.Series, val: pd.Series, frame: pd.DataFrame, generator: str | None):
+    """Leave-`generator`-out masks over `frame`: train without its AI images, validate on the real images and
+    its AI images only (a train-on-others / test-on-one split). None: the masks as they are."""
+    if generator is None:
+        return train, val
+    if "generator" not in frame.columns:
+        raise ValueError("leave-one-generator-out needs a `generator` column in the training rows")
+    held = frame["generator"].eq(generator) & frame["label"].eq(1)
+    return train & ~held, val & (held | frame["label"].eq(0))
+
+
+def training_generators(df: pd.DataFrame) -> list[str]:
+    """The generators of the labelled AI training rows (what leave-one-generator-out iterates over)."""
+    if "generator" not in df.columns:
+        raise ValueError("leave-one-generator-out needs a `generator` column in the training rows")
+    generators = sorted(df.loc[df["label"].eq(1), "generator"].dropna().astype(str).unique())
+    if len(generators) < 2:
+        raise ValueError(f"leave-one-generator-out needs AI images of two generators or more, not {generators}")
+    return generators
+
+
+GENERALISATION_FILE = "generalisation.csv"  # in the exported model directory: the leave-one-generator-out table
+
+
+def generalisation_table(runs_by_generator: dict[str, list[FoldRun]]) -> pd.DataFrame:
+    """One row per held-out generator: mean F1 and AUC over the folds (validation: the real images and that
+    generator's AI images, never trained on), the share of its AI images caught and of the real ones passed."""
+    rows = []
+    for generator, runs in runs_by_generator.items():
+        pooled = pd.concat([run.predictions for run in runs if run.predictions is not None], ignore_index=True)
+        labels = pooled["label"].to_numpy(dtype=int)
+        called_ai = pooled["logit"].to_numpy(dtype=float) >= 0.0  # P(AI) >= 0.5
+        rows.append({"generator": generator, "folds": len(runs), "n_val": len(pooled),
+                     "f1": statistics.fmean(r.f1 for r in runs),
+                     "auc": statistics.fmean(r.best_metrics.get("val_auc", math.nan) for r in runs),
+                     "ai_caught": float(called_ai[labels == 1].mean()),
+                     "real_passed": float((~called_ai[labels == 0]).mean())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def format_generalisation(table: pd.DataFrame) -> str:
+    """The generalisation table as the CLI prints it."""
+    title = "leave one generator out (trained on the others; validated on it and the real images)"
+    return title + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def leave_generator_out(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] | None,
+                        name: str) -> pd.DataFrame:  # fmt: skip
+    """`generalisation_table` of the recipe in `settings`: for each training generator, the folds trained
+    without it (the probe extracts its features once; fine-tuning trains every fold again)."""
+    generators = training_generators(labelled_rows(df))
+    if settings.train.recipe == "probe":
+        from raydetect.train.probe import probe_leave_out
+
+        return generalisation_table(probe_leave_out(df, settings, k, folds, generators, name))
+    runs = {g: cross_validate(df, settings, k, folds=folds, name=f"{name}-no-{g}", leave_out=g)[0]
+            for g in generators}  # fmt: skip
+    return generalisation_table(runs)
 
 
 def cv_table(runs: list[FoldRun]) -> pd.DataFrame:
@@ -128,11 +203,12 @@ def cross_validate(
     name: str | None = None,
     tracker: Any = None,
     callbacks_for_fold: Any = None,
+    leave_out: str | None = None,
 ) -> tuple[list[FoldRun], pd.DataFrame]:
     """Run the given folds (default: all k) one after the other; returns the runs and the fold assignment.
 
     `callbacks_for_fold(fold)` may return Ray Train callbacks (Tune uses it); `tracker` logs a nested
-    MLflow run per fold."""
+    MLflow run per fold; `leave_out`: a generator never trained on (`held_out`)."""
     if "fold" in df.columns and df["fold"].nunique() == k:  # already assigned (Tune shares one assignment)
         assigned = labelled_rows(df)
     else:
@@ -142,8 +218,8 @@ def cross_validate(
     name = name or unique_name(f"{settings.train.backbone}-cv{k}")
     runs: list[FoldRun] = []
     for position, fold in enumerate(folds):
-        train_df = assigned[assigned["fold"] != fold]
-        val_df = assigned[assigned["fold"] == fold]
+        train, val = held_out(assigned["fold"] != fold, assigned["fold"] == fold, assigned, leave_out)
+        train_df, val_df = assigned[train], assigned[val]
         run = fit_fold(
             train_df,
             val_df,
@@ -198,11 +274,18 @@ def train_detector(
     }
 
     def body(run_id: str | None) -> TrainOutcome:
+        outcome = fit_recipe(run_id)
+        if settings.train.leave_generator_out:
+            outcome.generalisation = leave_generator_out(df, settings, k, folds, name)
+            save_beside_model(outcome.generalisation, outcome.model_uri, GENERALISATION_FILE)
+        return outcome
+
+    def fit_recipe(run_id: str | None) -> TrainOutcome:
         if settings.train.recipe == "probe":
             from raydetect.train.probe import train_probe
 
             outcome = train_probe(df, settings, k, folds, name, output)
-            save_out_of_fold(outcome.predictions, outcome.model_uri)
+            save_beside_model(outcome.predictions, outcome.model_uri, CV_PREDICTIONS_FILE)
             outcome.mlflow_run_id = run_id
             if tracker is not None:
                 tracker.log_metrics({"cv_f1_mean": outcome.f1_mean, "cv_f1_std": outcome.f1_std})
@@ -220,7 +303,7 @@ def train_detector(
             target = output or str(settings.workdir_path / "models" / name)
             cv_metrics = {"cv_f1_mean": f1_mean, "cv_f1_std": f1_std, "cv_folds": float(len(runs))}
             model_uri = export_model(best.checkpoint_uri, target, cv_metrics, version=name)
-            save_out_of_fold(predictions, model_uri)
+            save_beside_model(predictions, model_uri, CV_PREDICTIONS_FILE)
         if tracker is not None:
             tracker.log_metrics({"cv_f1_mean": f1_mean, "cv_f1_std": f1_std})
             for metric in TABLE_METRICS:

@@ -165,58 +165,93 @@ def _threads(actors: int) -> int:
 # --- cross-validation and export -----------------------------------------------------------------------------
 
 
-def probe_folds(assigned: pd.DataFrame, features: pd.DataFrame, c: float, seed: int) -> list[dict[str, Any]]:
-    """Fit and score one probe per fold; rows that could not be decoded count for nothing."""
+def probe_folds(
+    assigned: pd.DataFrame, features: pd.DataFrame, c: float, seed: int, leave_out: str | None = None
+) -> list[dict[str, Any]]:
+    """Fit and score one probe per fold; rows that could not be decoded count for nothing. `leave_out`: a
+    generator never trained on (`cv.held_out`: validation on the real images and that generator's only)."""
+    from raydetect.train.cv import held_out
     from raydetect.train.loop import classification_metrics
 
     frame = assigned.merge(features[["path", FEATURE_COLUMN]], on="path", how="left")
-    frame = frame[frame[FEATURE_COLUMN].notna()]
+    frame = frame[frame[FEATURE_COLUMN].notna()].reset_index(drop=True)
     x = np.stack(frame[FEATURE_COLUMN].to_numpy()).astype(np.float32)
     y = frame["label"].astype(int).to_numpy()
     out = []
     for fold in sorted(frame["fold"].unique()):
         start = time.perf_counter()
-        val = (frame["fold"] == fold).to_numpy()
-        probe = fit_probe(x[~val], y[~val], c, seed)
+        train, val = held_out(frame["fold"] != fold, frame["fold"] == fold, frame, leave_out)
+        train, val = train.to_numpy(), val.to_numpy()
+        probe = fit_probe(x[train], y[train], c, seed)
         logits = probe.decision_function(x[val])
         probs = sigmoid(logits)  # = predict_proba(...)[:, 1] for a binary logistic regression
         eps = 1e-7
         loss = float(np.mean(-(y[val] * np.log(probs + eps) + (1 - y[val]) * np.log(1 - probs + eps))))
         metrics = {f"val_{k}": float(v) for k, v in classification_metrics(y[val], probs).items()}
         out.append({"fold": int(fold), "probe": probe, "metrics": {"val_loss": loss, **metrics},
-                    "n_train": int((~val).sum()), "n_val": int(val.sum()), "wall_s": time.perf_counter() - start,
+                    "n_train": int(train.sum()), "n_val": int(val.sum()), "wall_s": time.perf_counter() - start,
                     "labels": y[val], "logits": logits,
                     "predictions": pd.DataFrame({"path": frame["path"].to_numpy()[val], "label": y[val],
                                                  "logit": logits.astype(float)})})
     return out
 
 
-def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] | None, name: str, output: str | None):
-    """The probe recipe of `raydetect train` (see the module docstring); returns a `TrainOutcome`."""
-    from raydetect.models.bundle import ModelCard, save_model
-    from raydetect.train.cv import TrainOutcome, cv_table, fold_assignment, out_of_fold
-    from raydetect.train.trainer import FoldRun, labelled_rows, view_policy
+def _assigned_features(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] | None):
+    """(fold assignment, features, view policy); folds not asked for are -1 (trained on, never validated)."""
+    from raydetect.train.cv import fold_assignment
+    from raydetect.train.trainer import labelled_rows, view_policy
 
-    start = time.perf_counter()
-    t = settings.train
     policy = view_policy(settings)
     if policy.aggregate != "mean":
         raise ValueError("the probe recipe needs images.views.aggregate=mean (it averages view features)")
     assigned = fold_assignment(labelled_rows(df), k, settings, root=df.attrs.get("root"))
     if folds is not None:
         assigned = assigned.assign(fold=np.where(assigned["fold"].isin(folds), assigned["fold"], -1))
-    features = extract_features(assigned, settings, policy)
-    results = [r for r in probe_folds(assigned, features, t.probe_c, settings.seed) if r["fold"] >= 0]
-    for r in results:  # each fold calibrated on its own held-out logits; the exported model keeps its fold's
+    return assigned, extract_features(assigned, settings, policy), policy
+
+
+def _fold_results(assigned: pd.DataFrame, features: pd.DataFrame, settings: Settings, leave_out: str | None = None):
+    """`probe_folds` of the validated folds, each calibrated on its own held-out logits."""
+    results = [r for r in probe_folds(assigned, features, settings.train.probe_c, settings.seed, leave_out)
+               if r["fold"] >= 0]  # fmt: skip
+    for r in results:
         fitted = calibrate_with(r["logits"], r["labels"], settings.calibration, f"validation fold {r['fold']}")
         r["calibration"] = fitted if settings.calibration.enabled else None
-    runs = [
+    return results
+
+
+def _fold_runs(results: list[dict[str, Any]], name: str, settings: Settings) -> list:
+    from raydetect.train.trainer import FoldRun
+
+    c = settings.train.probe_c
+    return [
         FoldRun(name=f"{name}-fold{r['fold']}", fold=r["fold"], path="", checkpoint_uri=None, best_epoch=1,
                 best_metrics=r["metrics"], history=[r["metrics"]], n_train=r["n_train"], n_val=r["n_val"],
-                wall_s=r["wall_s"], params={"recipe": "probe", "probe_c": t.probe_c}, calibration=r["calibration"],
+                wall_s=r["wall_s"], params={"recipe": "probe", "probe_c": c}, calibration=r["calibration"],
                 predictions=r["predictions"])
         for r in results
     ]  # fmt: skip
+
+
+def probe_leave_out(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] | None,
+                    generators: list[str], name: str) -> dict[str, list]:  # fmt: skip
+    """Leave-one-generator-out with the probe: per generator, the folds' runs never trained on its AI images
+    (one feature extraction, cached, for them all)."""
+    assigned, features, _ = _assigned_features(df, settings, k, folds)
+    return {g: _fold_runs(_fold_results(assigned, features, settings, g), f"{name}-no-{g}", settings)
+            for g in generators}  # fmt: skip
+
+
+def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] | None, name: str, output: str | None):
+    """The probe recipe of `raydetect train` (see the module docstring); returns a `TrainOutcome`."""
+    from raydetect.models.bundle import ModelCard, save_model
+    from raydetect.train.cv import TrainOutcome, cv_table, out_of_fold
+
+    start = time.perf_counter()
+    t = settings.train
+    assigned, features, policy = _assigned_features(df, settings, k, folds)
+    results = _fold_results(assigned, features, settings)
+    runs = _fold_runs(results, name, settings)
     predictions = out_of_fold(runs, assigned)
     f1s = [run.f1 for run in runs]
     best = results[int(np.nanargmax(f1s))]

@@ -14,18 +14,20 @@ from raydetect.data.images import decode_image
 from raydetect.models.bundle import Detector
 from raydetect.train.cv import format_cv_table, train_detector
 from raydetect.train.probe import FEATURE_COLUMN, extract_features
-from tests.cv_support import assert_out_of_fold
+from tests.cv_support import assert_leave_generator_out, assert_out_of_fold
 from tests.datasets import make_kaggle_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_probe_cv_exports_a_model_that_scores_like_its_probe(ray_cluster, tmp_path: Path) -> None:
-    root = make_kaggle_dataset(tmp_path / "data", n_pairs=12, size=48, processed_every=3)
+    root = make_kaggle_dataset(tmp_path / "data", n_pairs=12, size=48, processed_every=3,
+                               generators=("checker", "stripes"))
     settings = load_settings(None, {
         "workdir": str(tmp_path / "work"), "images": {"size": 32},
         "tracking": {"mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test-probe"},
-        "train": {"recipe": "probe", "backbone": "efficientnet_lite0", "weights": "imagenet", "probe_c": 1.0},
+        "train": {"recipe": "probe", "backbone": "efficientnet_lite0", "weights": "imagenet", "probe_c": 1.0,
+                  "leave_generator_out": True},
         "score": {"max_actors": 1},
     })  # fmt: skip
     outcome = train_detector(str(root), settings, cv=3)
@@ -40,7 +42,7 @@ def test_probe_cv_exports_a_model_that_scores_like_its_probe(ray_cluster, tmp_pa
     assert outcome.extra["registry_version"] == "1"
     registered = registry.client(settings).get_model_version("raydetect", "1")
     assert registered.source == outcome.model_uri and registered.run_id == outcome.mlflow_run_id
-    assert json.loads(registered.tags["train.generators"]) == ["checker", "real"]
+    assert json.loads(registered.tags["train.generators"]) == ["checker", "real", "stripes"]
     assert registered.tags["data_fingerprint"] and registered.tags["metric.cv_folds"] == "3.0"
     # The exported model reproduces the best fold's held-out metrics through the scoring path (48 px images:
     # four 32 px native tiles each, whose features the probe averaged).
@@ -49,6 +51,7 @@ def test_probe_cv_exports_a_model_that_scores_like_its_probe(ray_cluster, tmp_pa
     labels = val["label"].astype(int).to_numpy()
     assert float(np.mean((probs >= 0.5) == labels)) == pytest.approx(card.metrics["val_accuracy"])
     assert_out_of_fold(outcome)
+    assert_leave_generator_out(outcome, ["checker", "stripes"])
     # Features are cached: a second extraction reads them back, one vector per image.
     features = extract_features(outcome.folds, settings, detector.policy)
     assert len(features) == 24 and len(features[FEATURE_COLUMN].iloc[0]) == 1280

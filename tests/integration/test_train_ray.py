@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from raydetect.config import Settings, load_settings
+from raydetect.data.folds import assign_folds
 from raydetect.data.images import decode_image
 from raydetect.models.bundle import Detector
 from raydetect.models.filters import NPRFilter
-from raydetect.train.cv import format_cv_table, train_detector
+from raydetect.train.cv import GENERALISATION_FILE, format_cv_table, train_detector
 from tests.cv_support import assert_out_of_fold
 from tests.datasets import make_kaggle_dataset
 
@@ -134,11 +135,11 @@ def test_train_cli_writes_a_model_that_raydetect_score_loads(ray_cluster, tmp_pa
 
     from raydetect.cli import app
 
-    root = make_kaggle_dataset(tmp_path / "data", n_pairs=8, size=32)
+    root = make_kaggle_dataset(tmp_path / "data", n_pairs=8, size=32, generators=("checker", "stripes"))
     model_dir = tmp_path / "model"
     args = [
         "train", str(root), "--backbone", "tinycnn", "--weights", "none", "--input-filter", "npr", "--epochs", "1",
-        "--cv", "1", "--fold", "1", "--batch-size", "8", "--output", str(model_dir),
+        "--cv", "1", "--fold", "1", "--batch-size", "8", "--output", str(model_dir), "--leave-generator-out",
         "--set", f"workdir={tmp_path / 'work'}", "--set", "images.size=32", "--set", "train.augment_strength=0",
         "--set", f"tracking.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]  # fmt: skip
@@ -147,6 +148,13 @@ def test_train_cli_writes_a_model_that_raydetect_score_loads(ray_cluster, tmp_pa
     assert "tinycnn (none): fold 1" in result.output and "wall time" in result.output
     detector = Detector.load(str(model_dir), device="cpu")
     assert detector.card.params["fold"] == 1 and detector.card.params["epochs"] == 1
+    # --leave-generator-out: fold 1 trained again without each generator's AI images, validated on them
+    assert "leave one generator out" in result.output
+    table = pd.read_csv(model_dir / GENERALISATION_FILE)
+    rows = assign_folds(pd.read_csv(root / "train.csv"), k=5, seed=0)  # the split the CLI used (no folds.parquet)
+    assert table["generator"].tolist() == ["checker", "stripes"] and (table["folds"] == 1).all()
+    for generator, n_val in zip(table["generator"], table["n_val"], strict=True):
+        assert n_val == int(((rows["fold"] == 1) & (rows["label"].eq(0) | rows["generator"].eq(generator))).sum())
     # the input filter is part of the network, so every loader of the directory rebuilds it
     assert detector.card.input_filter == "npr"
     assert any(isinstance(m, NPRFilter) for m in detector.model.modules())
