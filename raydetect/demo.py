@@ -47,7 +47,7 @@ def run_demo(
     from raydetect.data.verify import summary_text, verify, write_report
     from raydetect.evaluate.report import write_report as write_evaluation
     from raydetect.score.pipeline import score_run
-    from raydetect.train.cv import format_cv_table, train_detector
+    from raydetect.train.cv import format_cv_table, format_generalisation, train_detector
     from raydetect.train.trainer import unique_name
 
     settings = settings.for_demo()  # the demo's recipe (`demo.train`)
@@ -85,6 +85,8 @@ def run_demo(
         log,
     )
     log(format_cv_table(outcome.table, f"{settings.train.recipe} {settings.train.backbone}: validation fold"))
+    if outcome.generalisation is not None:
+        log(format_generalisation(outcome.generalisation))
     out.outputs["model"] = outcome.model_uri or model_dir
     out.outputs["mlflow"] = settings.mlflow_uri()
 

@@ -43,6 +43,8 @@ def test_demo_runs_every_stage(tmp_path: Path, ray_cluster: None):
     card = json.loads((work / "models" / "demo" / "model.json").read_text())
     version = card["version"]
     assert card["params"]["recipe"] == "probe" and card["backbone"] == "tinycnn"
+    assert (work / "models" / "demo" / "generalisation.csv").exists()  # demo.train.leave_generator_out
+    assert any(line.startswith("leave one generator out") for line in lines)
     assert version.startswith("demo-")
     assert outputs.outputs["predictions"] == str(work / "predictions" / f"run={version}")
     assert (work / "predictions" / f"run={version}" / "_SUCCESS").exists()
