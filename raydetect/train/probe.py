@@ -178,7 +178,7 @@ def probe_folds(
     x = np.stack(frame[FEATURE_COLUMN].to_numpy()).astype(np.float32)
     y = frame["label"].astype(int).to_numpy()
     out = []
-    for fold in sorted(frame["fold"].unique()):
+    for fold in sorted(f for f in frame["fold"].unique() if f >= 0):  # -1: trained on, never validated
         start = time.perf_counter()
         train, val = held_out(frame["fold"] != fold, frame["fold"] == fold, frame, leave_out)
         train, val = train.to_numpy(), val.to_numpy()
@@ -212,8 +212,7 @@ def _assigned_features(df: pd.DataFrame, settings: Settings, k: int, folds: list
 
 def _fold_results(assigned: pd.DataFrame, features: pd.DataFrame, settings: Settings, leave_out: str | None = None):
     """`probe_folds` of the validated folds, each calibrated on its own held-out logits."""
-    results = [r for r in probe_folds(assigned, features, settings.train.probe_c, settings.seed, leave_out)
-               if r["fold"] >= 0]  # fmt: skip
+    results = probe_folds(assigned, features, settings.train.probe_c, settings.seed, leave_out)
     for r in results:
         fitted = calibrate_with(r["logits"], r["labels"], settings.calibration, f"validation fold {r['fold']}")
         r["calibration"] = fitted if settings.calibration.enabled else None
