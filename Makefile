@@ -54,8 +54,10 @@ system-deps:
 	    || echo "warning: could not install $$missing"; \
 	fi
 
+# bandit: the security scan of the package (a few seconds); each exception is justified in place (# nosec BXXX # why)
 lint: install-dev
 	$(BIN)/ruff check raydetect jobs tests benchmarks
+	$(BIN)/bandit -q -r raydetect
 
 test: install-dev system-deps lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
