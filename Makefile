@@ -15,7 +15,7 @@ APT_PACKAGES := chromium mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpap
 
 help:
 	@echo "make demo   - build the offline benchmark, train, score and report (embedded defaults)"
-	@echo "make test   - ruff + the whole pytest suite"
+	@echo "make test   - ruff + bandit + the whole pytest suite"
 
 $(PY):
 	python3 -m venv $(VENV)

@@ -10,7 +10,7 @@ from raydetect.cli_options import ConfigOption, SetOption, settings_from
 
 
 def explain(
-    images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image files, local or s3://.")],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE", help="Image files, local or s3://.")],
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Model directory (local or s3://) or registry reference (production, "
