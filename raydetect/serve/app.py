@@ -501,7 +501,9 @@ class RayDetectAPI:
         self.audit = AuditLog(options.audit_log)
         self._policy: ViewPolicy | None = None
         self._page = resources.files("raydetect.serve").joinpath("static/index.html").read_text()
-        import raydetect.explain.gradcam  # noqa: F401 - import the overlay code before the first request
+        import scipy.ndimage  # noqa: F401 - the overlay and reason code (explain/), imported before the first request
+
+        import raydetect.explain.core  # noqa: F401
         auth = f"on ({self.api_key.source})" if self.api_key else "off"
         logger.info("RayDetectAPI ready: API key auth %s; audit log %s", auth, options.audit_log or "memory")
 
