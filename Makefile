@@ -15,7 +15,7 @@ APT_PACKAGES := chromium mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpap
 
 help:
 	@echo "make demo   - build the offline benchmark, train, score and report (embedded defaults)"
-	@echo "make test   - ruff + the whole pytest suite"
+	@echo "make test   - ruff + bandit + the whole pytest suite"
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -54,8 +54,10 @@ system-deps:
 	    || echo "warning: could not install $$missing"; \
 	fi
 
+# bandit: the security scan of the package (a few seconds); each exception is justified in place (# nosec BXXX # why)
 lint: install-dev
 	$(BIN)/ruff check raydetect jobs tests benchmarks
+	$(BIN)/bandit -q -r raydetect
 
 test: install-dev system-deps lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)

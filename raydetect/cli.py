@@ -58,6 +58,9 @@ app.add_typer(dire_cli.app, name="dire")
 from raydetect.evaluate import cli as evaluate_cli  # noqa: E402
 
 app.command("evaluate")(evaluate_cli.evaluate)
+from raydetect.explain import cli as explain_cli  # noqa: E402
+
+app.command("explain")(explain_cli.explain)
 from raydetect import registry_cli  # noqa: E402
 
 app.add_typer(registry_cli.app, name="model")

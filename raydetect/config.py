@@ -124,6 +124,25 @@ class EvaluateSettings(_Section):
     attacks: list[Literal["fgsm", "pgd"]] = ["fgsm", "pgd"]
     attack_eps_255: list[float] = [1, 2, 4]  # L-inf budgets in grey levels of an 8-bit image (eps = v / 255)
     pgd_steps: int = Field(10, gt=0)
+    gallery_size: int = Field(6, ge=0)  # most confident false positives / negatives shown, each (0: none)
+    gallery_max_side: int = Field(320, gt=0)  # their overlays are scaled down to this side in the report
+
+
+class ExplainSettings(_Section):
+    """`raydetect explain`, Serve's `/v1/explain` and the report's galleries (raydetect/explain/). LIME and
+    KernelSHAP switch superpixels of each view off (to `baseline`) and fit a linear model to the logit."""
+
+    method: Literal["gradcam", "lime", "shap"] = "gradcam"  # the CLI's default
+    n_samples: int = Field(64, gt=1)  # perturbed copies per view (LIME and KernelSHAP)
+    batch_size: int = Field(16, gt=0)  # perturbed copies per forward pass
+    superpixels: Literal["slic", "grid"] = "slic"  # skimage SLIC segments, or a regular grid
+    n_segments: int = Field(16, gt=1)  # superpixels per view (SLIC's target count; grid: rounded to a square)
+    compactness: float = Field(10.0, gt=0)  # SLIC: higher -> more square segments
+    baseline: Literal["blur", "mean"] = "blur"  # a switched-off superpixel: Gaussian-blurred, or the view's mean
+    blur_sigma: float = Field(4.0, gt=0)
+    kernel_width: float = Field(0.25, gt=0)  # LIME: exponential kernel on the cosine distance of the samples
+    ridge_alpha: float = Field(1.0, ge=0)  # LIME: L2 penalty of its linear model
+    seed: int = 0  # the perturbations are drawn from this seed (the same explanation every time)
 
 
 class ScoreSettings(_Section):
@@ -257,6 +276,7 @@ class Settings(_Section):
     calibration: CalibrationSettings = CalibrationSettings()
     score: ScoreSettings = ScoreSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
+    explain: ExplainSettings = ExplainSettings()
     dire: DireSettings = DireSettings()
     tracking: TrackingSettings = TrackingSettings()
     serve: ServeSettings = ServeSettings()

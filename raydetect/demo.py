@@ -1,9 +1,9 @@
 """`raydetect demo` (what `make demo` runs): every stage end to end on the embedded defaults.
 
 offline benchmark (built once) -> verify -> train a small model (Ray Train) -> batch-score the test split
-(Ray Data) -> evaluation report (HTML) -> registry: promote the model through the gates -> a Serve smoke
-call on the trained model. Each stage prints where its output went; a re-run reuses the benchmark and
-retrains/re-scores quickly.
+(Ray Data) -> evaluation report (HTML) -> Grad-CAM explanations of two test images -> registry: promote the
+model through the gates -> a Serve smoke call on the trained model. Each stage prints where its output
+went; a re-run reuses the benchmark and retrains/re-scores quickly.
 """
 
 from __future__ import annotations
@@ -124,6 +124,12 @@ def run_demo(
     out.headline.update({k: calibration[k] for k in ("ece_before", "ece") if k in calibration})
     out.headline["review_share"] = summary["decision"]["review_share"]
 
+    explained = str(workdir / "reports" / "explanations")
+    _stage("explain: Grad-CAM of two test images", out,
+           lambda: explain_examples(settings, read_manifest(bench_root, "test", settings), model_dir, explained, log),
+           log)  # fmt: skip
+    out.outputs["explanations"] = explained
+
     out.outputs["registry"] = _stage(
         "registry: promote through the gates", out,
         lambda: promote_demo_model(settings, outcome, summary, f"{bench_root} (test)", html, log), log,
@@ -165,6 +171,18 @@ def run_demo(
         json.dumps({"outputs": out.outputs, "timings_s": out.timings_s, "headline": out.headline}, indent=2)
     )
     return out
+
+
+def explain_examples(settings: Settings, labelled, model_dir: str, out_dir: str, log: Callable[[str], None],
+                     per_class: int = 1) -> list:  # fmt: skip
+    """Grad-CAM overlays and reasons (`raydetect explain --method gradcam`) of the first `per_class` real and
+    AI-generated images of the labelled split, into `out_dir`."""
+    from raydetect.explain.files import write_explanations
+    from raydetect.models.bundle import load_detector
+
+    picked = labelled[labelled["label"].notna()].groupby("label", sort=True).head(per_class)
+    detector = load_detector(model_dir, device=settings.device, precision=settings.precision)
+    return write_explanations(detector, picked["path"].tolist(), out_dir, settings, method="gradcam", log=log)
 
 
 def promote_demo_model(settings: Settings, outcome: Any, summary: dict, data: str, report: str,

@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
+import shutil
+import subprocess  # nosec B404 # only git, with fixed arguments (code_version)
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,9 +120,13 @@ def code_version() -> str:
     import raydetect
 
     here = Path(raydetect.__file__).resolve().parent
+    git = shutil.which("git")
+    if git is None:
+        return f"raydetect {raydetect.__version__}"
+    run = {"cwd": here, "capture_output": True, "text": True, "timeout": 10}
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+        sha = subprocess.run([git, "rev-parse", "HEAD"], **run)  # nosec B603 # fixed arguments, no shell
+        dirty = subprocess.run([git, "status", "--porcelain"], **run)  # nosec B603 # fixed arguments, no shell
     except (OSError, subprocess.SubprocessError):
         return f"raydetect {raydetect.__version__}"
     if sha.returncode != 0:

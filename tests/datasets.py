@@ -94,3 +94,20 @@ def write_bad_files(folder: Path) -> dict[str, Path]:
     for path, data in files.values():
         path.write_bytes(data)
     return {kind: path for kind, (path, _) in files.items()}
+
+
+def write_scored_images(folder: Path, n: int = 16, size: int = 64, seed: int = 0) -> pd.DataFrame:
+    """`n` PNGs (half real smooth fields, half their checkerboard counterparts) and a frame of them as a
+    scoring run joined to labels would give: path, label, prob_ai (seeded, with mistakes of both kinds),
+    category, generator."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        photo = smooth_photo(rng, size)
+        path = folder / f"{i:03d}_{label}.png"
+        path.write_bytes(encode(ai_counterpart(photo) if label else photo))
+        rows.append({"path": str(path), "label": label, "prob_ai": float(rng.uniform(0.05, 0.95)),
+                     "category": "human" if i % 4 == 0 else "other", "generator": "checker" if label else "real"})
+    return pd.DataFrame(rows)

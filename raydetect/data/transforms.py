@@ -58,7 +58,7 @@ class TrainAugment:
         self.size = size
         self.strength = strength
         self.crop = native_crop(crop, size)
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # nosec B311 # augmentation draws, not security
 
     @property
     def output_size(self) -> int:

@@ -168,9 +168,9 @@ def inspect_bytes(data: bytes, limits: DecodeLimits | None = None) -> dict[str, 
             facts["jpeg_quality"] = jpeg_quality(quantization)
             if quantization:
                 flat = ",".join(f"{k}:" + " ".join(str(int(v)) for v in t) for k, t in sorted(quantization.items()))
-                facts["jpeg_qtables"] = hashlib.sha1(flat.encode()).hexdigest()[:12]
+                facts["jpeg_qtables"] = hashlib.sha1(flat.encode(), usedforsecurity=False).hexdigest()[:12]
             facts["jpeg_subsampling"] = SUBSAMPLING.get(JpegImagePlugin.get_sampling(header), "other")
-    except Exception:  # noqa: BLE001 - header facts are best effort; decode_image below gives the reason
+    except Exception:  # noqa: BLE001 - header facts are best effort; decode_image below gives the reason  # nosec B110
         pass
     try:
         image = decode_image(data, limits)

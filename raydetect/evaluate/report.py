@@ -5,7 +5,8 @@ of images sent to review, with the card's rule); calibration (ECE and a reliabil
 the card's temperature); ROC, score histograms, precision-recall curve, confusion matrix; per-group tables
 (fairlearn) with the equalized-odds difference across `category`, flagged above `evaluate.fairness_limit`;
 and, when given, the robustness sweep's table of drops (`evaluate/robustness.py`) and the adversarial
-table (`evaluate/adversarial.py`)."""
+table (`evaluate/adversarial.py`); galleries of the most confident false positives and false negatives, with
+their Grad-CAM overlays when the model is at hand (`evaluate/gallery.py`)."""
 
 from __future__ import annotations
 
@@ -230,11 +231,14 @@ def render_report(
     settings=None,
     robustness: pd.DataFrame | None = None,
     adversarial: pd.DataFrame | None = None,
+    galleries: dict[str, dict] | None = None,
 ) -> tuple[str, dict]:
     """HTML text and a JSON-able summary for scored rows joined to their labels. `card`: the model card
     (temperature, calibration, review band); `settings`: `evaluate:` (config.EvaluateSettings); `robustness`:
-    the sweep's table (`robustness.sweep`); `adversarial`: `adversarial.adversarial_eval`'s table."""
+    the sweep's table (`robustness.sweep`); `adversarial`: `adversarial.adversarial_eval`'s table;
+    `galleries`: `gallery.error_galleries` of these rows."""
     from raydetect.config import EvaluateSettings
+    from raydetect.evaluate.gallery import galleries_html, gallery_summary
 
     settings = settings or EvaluateSettings()
     bins = card.calibration.get("bins", 15) if card is not None and card.calibration else 15
@@ -294,11 +298,15 @@ def render_report(
             "each pushed towards the wrong class.</p>"
         )
         sections.append(_table_html(adversarial))
+    if galleries:
+        sections.append(galleries_html(galleries, threshold))
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "img{max-width:100%;margin:.5em 0;display:block}.headline{font-size:1.05em}.meta{color:#666}"
         ".flag{color:#b00}table.grid{border-collapse:collapse;margin:.5em 0}table.grid td,table.grid th"
         "{border:1px solid #ddd;padding:4px 10px;text-align:right}"
+        ".gallery{display:flex;flex-wrap:wrap;gap:14px}.gallery figure{margin:0;width:320px}"
+        ".gallery figcaption{font-size:.85em;color:#444;overflow-wrap:anywhere}"
     )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -313,6 +321,7 @@ def render_report(
         "groups": {k: v.to_dict(orient="records") for k, v in result["groups"].items()},
         "robustness": robustness.to_dict(orient="records") if robustness is not None else None,
         "adversarial": adversarial.to_dict(orient="records") if adversarial is not None else None,
+        "galleries": gallery_summary(galleries) if galleries else None,
         "errors": n_errors,
         "threshold": threshold,
         "context": {k: str(v) for k, v in (context or {}).items()},  # what was evaluated (the registry reads it)
@@ -356,9 +365,14 @@ def write_report(
     settings=None,
     robustness: pd.DataFrame | None = None,
     adversarial: pd.DataFrame | None = None,
+    explainer=None,
 ) -> dict:
     """Join predictions to labels, write the HTML report and a JSON summary beside it; return the summary.
-    Without `card`, the scoring run's `_SUCCESS` manifest gives threshold, band and calibration."""
+    Without `card`, the scoring run's `_SUCCESS` manifest gives threshold, band and calibration. `explainer`:
+    the loaded model (`bundle.load_detector`), for the galleries' Grad-CAM overlays; without it they show the
+    images alone."""
+    from raydetect.config import EvaluateSettings
+    from raydetect.evaluate.gallery import error_galleries
     from raydetect.evaluate.metrics import join_predictions
 
     predictions = load_predictions(predictions_uri)
@@ -369,8 +383,9 @@ def write_report(
         raise ValueError(f"no scored row of {predictions_uri} matches a labelled image")
     n_errors = int(predictions["error"].notna().sum()) if "error" in predictions else 0
     card = card if card is not None else run_card(predictions_uri)
+    galleries = error_galleries(joined, threshold, explainer, settings or EvaluateSettings())
     page, summary = render_report(joined, threshold, title, context, n_errors, card=card, settings=settings,
-                                  robustness=robustness, adversarial=adversarial)  # fmt: skip
+                                  robustness=robustness, adversarial=adversarial, galleries=galleries)  # fmt: skip
     storage.write_text(output_html, page)
     summary_uri = output_html.rsplit(".", 1)[0] + ".json"
     storage.write_text(summary_uri, json.dumps(summary, indent=2, default=float))

@@ -69,22 +69,26 @@ def decode_sample(labelled: pd.DataFrame, n: int, seed: int = 0) -> tuple[list[n
     return images, np.asarray(labels, dtype=int)
 
 
-def model_checks(uris: Sequence[str], labelled: pd.DataFrame, settings) -> dict[str, pd.DataFrame | None]:
+def model_checks(uris: Sequence[str], labelled: pd.DataFrame, settings) -> dict[str, object]:
     """The robustness sweep and the adversarial table (evaluate/adversarial.py) of a single model (`uris`:
     the resolved model directories, `ModelSpec.uris`), with the run's settings (device, precision,
-    `evaluate:`): `write_report`'s `robustness` and `adversarial`. A table is None when its sample size is 0;
-    both for an ensemble; the adversarial table for a model without gradients to attack through (DIRE)."""
+    `evaluate:`), and the loaded model for the galleries' Grad-CAM overlays: `write_report`'s `robustness`,
+    `adversarial` and `explainer`. A table is None when its sample size is 0, the explainer when
+    `gallery_size` is; all three for an ensemble; the adversarial table for a model without gradients to
+    attack through (DIRE)."""
     from raydetect.evaluate.adversarial import adversarial_eval
     from raydetect.models.bundle import Detector, load_detector
 
     ev = settings.evaluate
-    if len(uris) != 1 or (ev.robustness_sample <= 0 and ev.adversarial_sample <= 0):
-        return {"robustness": None, "adversarial": None}
+    nothing = {"robustness": None, "adversarial": None, "explainer": None}
+    if len(uris) != 1 or max(ev.robustness_sample, ev.adversarial_sample, ev.gallery_size) <= 0:
+        return nothing
     detector = load_detector(uris[0], device=settings.device, precision=settings.precision)
     attackable = isinstance(detector, Detector) and ev.adversarial_sample > 0
     return {
         "robustness": sweep(detector, labelled, ev, settings.seed) if ev.robustness_sample > 0 else None,
         "adversarial": adversarial_eval(detector, labelled, ev, settings.seed) if attackable else None,
+        "explainer": detector if ev.gallery_size > 0 else None,
     }
 
 

@@ -1,1 +1,2 @@
-"""Explanations: Grad-CAM heatmaps (and, later, attributions and DIRE maps)."""
+"""Explanations of a detector's decisions: Grad-CAM (gradcam), LIME and KernelSHAP (attributions), one entry
+point per image (core), and reasons that name the evidence (reasons)."""

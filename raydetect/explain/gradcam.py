@@ -6,7 +6,8 @@ views came from (`stitch`: averaged where tiles overlap, resized into the box of
 overlay has the image's own size and covers the whole image; parts no view saw carry no heat.
 
 The target is the signed logit: evidence *for* the decision that was taken (`+logit` when the image is called
-AI, `-logit` when it is called real), so the heat always shows what drove the call.
+AI, `-logit` when it is called real), so the heat always shows what drove the call. `explain/core.py` puts
+this and the other methods together for one image; `explain/reasons.py` says what the map shows.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from raydetect.models.views import Box, make_views, normalize, view_boxes
+from raydetect.models.views import Box, normalize
 
 OVERLAY_ALPHA = 0.6
 
@@ -171,53 +171,3 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False, compress_level=3)
     return buffer.getvalue()
-
-
-_REGIONS = (("top-left", "top", "top-right"), ("left", "centre", "right"), ("bottom-left", "bottom", "bottom-right"))
-
-
-def describe(heat: np.ndarray, prob_ai: float, decision: str, threshold: float) -> str:
-    """One line saying what was decided and where the evidence for it sits."""
-    verdict = {"ai": "AI-generated", "real": "a real photograph", "review": "uncertain (sent to review)"}
-    head = f"P(AI) = {prob_ai:.2f} against a threshold of {threshold:.2f}: {verdict.get(decision, decision)}"
-    total = float(heat.sum())
-    if total <= 1e-6 or not np.isfinite(total):
-        return f"{head}; Grad-CAM finds no localised evidence (the score rests on texture spread over the image)."
-    height, width = heat.shape
-    ys, xs = np.mgrid[0:height, 0:width]
-    cy, cx = float((heat * ys).sum() / total), float((heat * xs).sum() / total)
-    region = _REGIONS[min(2, int(3 * cy / height))][min(2, int(3 * cx / width))]
-    flat = np.sort(heat.ravel())[::-1]
-    half = int(np.searchsorted(np.cumsum(flat), total / 2)) + 1
-    share = half / flat.size
-    target = "AI" if decision == "ai" else "real" if decision == "real" else "the leading class"
-    return (
-        f"{head}; the evidence for '{target}' is strongest in the {region} of the image "
-        f"(half of the heat lies in {share:.0%} of its area)."
-    )
-
-
-@dataclass
-class Explanation:
-    prob_ai: float
-    decision: str
-    heat: np.ndarray  # H x W of the original image, in [0, 1]
-    overlay: Image.Image  # the original image's size
-    reason: str
-
-
-def signed_target(prob_ai: float, threshold: float) -> float:
-    """+1 (evidence for AI) when the score is at or over the threshold, else -1 (evidence for real)."""
-    return 1.0 if prob_ai >= threshold else -1.0
-
-
-def explain_image(detector, image: Image.Image) -> Explanation:
-    """Predict and explain one decoded image with a `raydetect.models.bundle.Detector`: every view of the
-    image is scored and mapped, the maps stitched over the whole image."""
-    card = detector.card
-    views = make_views(image, detector.policy)
-    prob = float(detector.predict_images([views])[0])
-    decision = card.decide(prob)
-    cams = view_cams(detector, views, signed_target(prob, card.threshold))
-    heat = stitch(cams, view_boxes(image.width, image.height, detector.policy), image.size)
-    return Explanation(prob, decision, heat, overlay(image, heat), describe(heat, prob, decision, card.threshold))

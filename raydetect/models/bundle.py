@@ -94,7 +94,8 @@ def load_card(uri: str) -> ModelCard:
 def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     card = load_card(uri)
     model = build_backbone(card.backbone, "none", card.input_filter)
-    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS_FILE))), map_location="cpu")
+    data = io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS_FILE)))
+    state = torch.load(data, map_location="cpu", weights_only=True)  # a plain state_dict: no pickled code runs
     model.load_state_dict(state)
     return model.to(device).eval(), card
 

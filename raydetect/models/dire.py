@@ -323,7 +323,8 @@ class DireDetector:
         card = load_card(uri)
         dev = resolve_device(device)
         module = DireModule(UNet2DModel.from_config(card.params["unet_config"]), LinearHead(len(FEATURE_NAMES)))
-        state = torch.load(io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS_FILE))), map_location="cpu")
+        data = io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS_FILE)))
+        state = torch.load(data, map_location="cpu", weights_only=True)  # a plain state_dict, as bundle.load_model
         module.load_state_dict(state)
         return cls(module, card, dev, card.view_policy.with_mode(view_mode))
 

@@ -2,7 +2,7 @@
 
 ```
 HTTP -> Serve proxy -> RayDetectAPI (FastAPI: auth, body limit, safe decode, crop, audit log)
-                          -> DetectorModel (@serve.batch: normalise + forward, Grad-CAM; autoscaled)
+                          -> DetectorModel (@serve.batch: normalise + forward; explanations; autoscaled)
 ```
 
 - The ingress decodes every upload with the shared safe decoder (`raydetect.data.images.decode_image`:
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -161,9 +161,11 @@ class BatchPrediction(BaseModel):
 
 
 class ExplainResponse(Prediction):
-    reason: str = Field(description="one line: the decision and where the Grad-CAM evidence sits")
+    method: str = Field(description="how the map was made: gradcam | lime | shap")
+    reason: str = Field(description="one line: the decision, where its evidence sits and which frequency band "
+                        "of the image carries it")
     overlay_png_base64: str = Field(
-        description="PNG of the whole image with the Grad-CAM heat of every view stitched over it"
+        description="PNG of the whole image with the map of every view stitched over it"
     )
     overlay_width: int
     overlay_height: int
@@ -207,13 +209,16 @@ class DetectorModel:
     """One loaded detector per replica; dynamic batching of single-image calls."""
 
     def __init__(self, device: str = "auto", torch_threads: int | None = None, precision: str = "auto",
-                 registry_uri: str | None = None):
+                 registry_uri: str | None = None, explain: dict[str, Any] | None = None):
         import torch
+
+        from raydetect.config import ExplainSettings
 
         threads = torch_threads or max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         torch.set_num_threads(threads)
         self.device, self.torch_threads, self.precision = device, threads, precision
         self.registry_uri = registry_uri  # where user_config's `models:/` references are looked up
+        self.explain_settings = ExplainSettings(**(explain or {}))  # LIME / KernelSHAP samples, superpixels
         self.detector = None
         self.model_uri: str | None = None
         self.revision: Any = None
@@ -336,23 +341,26 @@ class DetectorModel:
         return await self._coalescer.submit(items)
 
     def _explain_sync(self, item: dict[str, Any]) -> dict[str, Any]:
-        from raydetect.explain.gradcam import signed_target, view_cams
+        from raydetect.explain.core import signed_target, view_maps
 
-        with self._lock:
+        method = item.get("method", "gradcam")
+        with self._lock:  # Grad-CAM's hooks must not see other calls; LIME / SHAP only run forward passes
             detector = self.detector
             card = detector.card
             if item["key"] != detector.policy.key:
                 return {"stale": True, "views_key": detector.policy.key}
             prob = float(detector.predict_images([item["views"]])[0])
-            if hasattr(detector, "explain_views"):  # DIRE: the reconstruction-error map of each view
-                cams = detector.explain_views(item["views"])
-            else:
-                cams = view_cams(detector, item["views"], signed_target(prob, card.threshold))
-        return {**_result(card, prob, len(item["views"])), "policy": detector.policy.to_dict(),
-                "cams": [cam.astype(np.float32) for cam in cams]}
+            sign = signed_target(prob, card.threshold)
+            if method == "gradcam":
+                maps = view_maps(detector, item["views"], method, sign, self.explain_settings)
+        if method != "gradcam":  # seconds of forward passes: predictions go on meanwhile
+            maps = view_maps(detector, item["views"], method, sign, self.explain_settings)
+        return {**_result(card, prob, len(item["views"])), "policy": detector.policy.to_dict(), "method": method,
+                "cams": [m.astype(np.float32) for m in maps]}
 
     async def explain(self, item: dict[str, Any]) -> dict[str, Any]:
-        """The prediction plus one Grad-CAM map (view-sized, in [0, 1]) per view of one image."""
+        """The prediction plus one map (view-sized, in [0, 1]) per view of one image, by `item["method"]`
+        (gradcam, lime, shap; explain/core.py)."""
         return await asyncio.to_thread(self._explain_sync, item)
 
 
@@ -467,12 +475,12 @@ def _render_overlay(image, result: dict[str, Any], max_pixels: int):
     the views' maps stitched over the whole image."""
     from PIL import Image
 
-    from raydetect.explain.gradcam import describe, overlay, png_bytes, stitch
-    from raydetect.models.views import view_boxes
+    from raydetect.explain.core import image_heat
+    from raydetect.explain.gradcam import overlay, png_bytes
+    from raydetect.explain.reasons import reason as explain_reason
 
-    policy = ViewPolicy(**result["policy"])
-    heat = stitch(result["cams"], view_boxes(image.width, image.height, policy), image.size)
-    reason = describe(heat, result["prob_ai"], result["decision"], result["threshold"])
+    heat = image_heat(result["cams"], image.size, ViewPolicy(**result["policy"]))
+    reason = explain_reason(image, heat, result["prob_ai"], result["decision"], result["threshold"])
     if image.width * image.height > max_pixels:
         scale = (max_pixels / (image.width * image.height)) ** 0.5
         size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
@@ -493,7 +501,9 @@ class RayDetectAPI:
         self.audit = AuditLog(options.audit_log)
         self._policy: ViewPolicy | None = None
         self._page = resources.files("raydetect.serve").joinpath("static/index.html").read_text()
-        import raydetect.explain.gradcam  # noqa: F401 - import the overlay code before the first request
+        import scipy.ndimage  # noqa: F401 - the overlay and reason code (explain/), imported before the first request
+
+        import raydetect.explain.core  # noqa: F401
         auth = f"on ({self.api_key.source})" if self.api_key else "off"
         logger.info("RayDetectAPI ready: API key auth %s; audit log %s", auth, options.audit_log or "memory")
 
@@ -575,8 +585,10 @@ class RayDetectAPI:
             self._policy = ViewPolicy(**(await self.model.info.remote())["views"])
         return self._policy
 
-    async def _call_model(self, method: str, decoded, rid: str = "") -> dict[str, Any]:
-        """Call the model with the image's views; cut them again when the model was swapped meanwhile."""
+    async def _call_model(self, method: str, decoded, rid: str = "", extra: dict[str, Any] | None = None
+                          ) -> dict[str, Any]:  # fmt: skip
+        """Call the model with the image's views (and `extra` keys); cut them again when the model was swapped
+        meanwhile."""
         image, item = decoded
         for attempt in range(3):
             policy = await self._model_policy(refresh=attempt > 0)
@@ -585,7 +597,7 @@ class RayDetectAPI:
                     item = await run_in_threadpool(model_views, image, policy)
                 except ImageDecodeError as exc:
                     raise ApiError(DECODE_STATUS.get(exc.reason, 422), exc.reason, exc.message, rid) from None
-            result = await getattr(self.model, method).remote(item)
+            result = await getattr(self.model, method).remote({**item, **(extra or {})})
             if not result.get("stale"):
                 return result
         raise RuntimeError("the model's view policy kept changing while this request was served")
@@ -698,19 +710,27 @@ class RayDetectAPI:
                 "latency_ms": _ms(start), "scored_at": _now(), "results": results}
 
     @api.post("/v1/explain", response_model=ExplainResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
-              dependencies=[Depends(_bearer)], summary="Score one image and show why (Grad-CAM overlay)")
-    async def explain(self, request: Request) -> dict[str, Any]:
+              dependencies=[Depends(_bearer)], summary="Score one image and show why (Grad-CAM, LIME or SHAP overlay)")
+    async def explain(self, request: Request, method: str = Query(
+            "gradcam", description="gradcam (one backward pass per view) | lime | shap (explain.n_samples forward "
+            "passes per view, on superpixels)")) -> dict[str, Any]:  # fmt: skip
+        from raydetect.explain.core import METHODS
+
         start = time.perf_counter()
         rid = _serve_request_id(request)
         self._authorize(request, rid, "/v1/explain")
+        if method not in METHODS:
+            error = ApiError(422, "unknown_method", f"method {method!r} is not one of {', '.join(METHODS)}", rid)
+            self._reject(error, request, "/v1/explain")
+            raise error
         filename, _, sha, decoded = await self._one_image(request, rid, "/v1/explain")
         image = decoded[0]
-        result = await self._call_model("explain", decoded, rid)
+        result = await self._call_model("explain", decoded, rid, {"method": method})
         png, size, reason = await run_in_threadpool(_render_overlay, image, result, self.options.max_overlay_pixels)
         ms = _ms(start)
         self._record("explain", request, rid, "/v1/explain", sha, result, ms)
         return {"request_id": rid, "sha256": sha, **_public(result), "scored_at": _now(), "latency_ms": ms,
-                "width": image.width, "height": image.height, "filename": filename, "reason": reason,
+                "width": image.width, "height": image.height, "filename": filename, "method": method, "reason": reason,
                 "overlay_png_base64": base64.b64encode(png).decode("ascii"), "overlay_width": size[0],
                 "overlay_height": size[1]}
 
@@ -765,7 +785,7 @@ def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel |
         ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": _gpus_per_replica(settings)},
         user_config=user_config,
     ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision,
-           registry_uri=settings.mlflow_uri())
+           registry_uri=settings.mlflow_uri(), explain=settings.explain.model_dump())
     ingress = RayDetectAPI.options(
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),

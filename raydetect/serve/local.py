@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import socket
@@ -29,9 +30,17 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def _unspecified(host: str) -> bool:
+    """'' or a wildcard address (0.0.0.0, ::): the server listens everywhere; call it on the loopback."""
+    try:
+        return host == "" or ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name
+        return False
+
+
 def local_url(settings: Settings) -> str:
     host = settings.serve.host
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    shown = "127.0.0.1" if _unspecified(host) else host
     return f"http://{shown}:{settings.serve.port}/"
 
 
@@ -94,8 +103,10 @@ def stop_local() -> None:
 
 
 def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30):
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an HTTP URL: {url!r}")
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
-    with urllib.request.urlopen(req, timeout=timeout) as response:  # noqa: S310 - our own server's URL
+    with urllib.request.urlopen(req, timeout=timeout) as response:  # nosec B310 # http(s) only, checked above
         return response.status, json.loads(response.read() or b"{}")
 
 

@@ -54,6 +54,10 @@ def test_demo_runs_every_stage(tmp_path: Path, ray_cluster: None):
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
     assert outputs.headline["n"] > 0
     assert any("/v1/predict ->" in line for line in lines)  # the Serve smoke call answered
+    explained = json.loads((work / "reports" / "explanations" / "explanations.json").read_text())
+    assert explained["method"] == "gradcam" and len(explained["images"]) == 2  # one real, one AI test image
+    assert all((work / "reports" / "explanations" / Path(r["overlay"]).name).exists() for r in explained["images"])
+    assert "Most confident false positives" in page
     saved = json.loads((work / "reports" / "demo.json").read_text())
     assert set(saved["timings_s"]) >= {"1/6 offline benchmark", "4/6 batch-score the test split (Ray Data)",
                                    "registry: promote through the gates"}

@@ -69,7 +69,7 @@ def test_page_scores_an_upload_and_shows_the_heatmap(ray_cluster, tmp_path: Path
                 browser.close()
         assert decision in {"real", "ai", "review"}
         assert size == [451, 300]  # the heatmap overlay has the photo's own size
-        assert reason.startswith("P(AI) = ")
+        assert "(P(AI)=" in reason and "evidence for" in reason
         assert not external, external  # no CDN or any other outside request
         # the overlay really carries heat: it differs from the photo where the model looked
         overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(overlay_src.split(",", 1)[1]))).convert("RGB"),

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from raydetect.explain.reasons import verdict
 from raydetect.models.bundle import resolved_precision
 from tests.serve_support import (
     deploy,
@@ -169,7 +170,37 @@ def test_explain_returns_overlay_png_of_the_image_size(server):
     overlay = Image.open(io.BytesIO(png))
     assert overlay.size == (80, 120) == (body["overlay_width"], body["overlay_height"])
     assert body["prob_ai"] == pytest.approx(direct_prediction(model, data)[0], abs=1e-5)
-    assert body["reason"].startswith("P(AI) = ") and "\n" not in body["reason"]
+    assert body["reason"].startswith(verdict(body["prob_ai"], body["decision"]) + ": ") and "\n" not in body["reason"]
+    assert body["method"] == "gradcam"
+
+
+@pytest.mark.parametrize("method", ["lime", "shap"])
+def test_explain_by_lime_and_shap_maps_the_whole_image(server, method: str):
+    client, model = server["client"], server["model1"]
+    data = _images()["photo.png"]  # 96 x 72: 2 x 2 native tiles of 64 px
+    response = client.post("/v1/explain", params={"method": method}, files={"file": ("photo.png", data, "image/png")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == method and body["views"] == 4
+    assert body["prob_ai"] == pytest.approx(direct_prediction(model, data)[0], abs=1e-5)
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"]))).convert("RGB")
+    assert overlay.size == (96, 72)
+    heat = np.abs(np.asarray(overlay, np.int16) - np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.int16))
+    assert heat.sum() > 0  # the attribution is drawn over the photo
+    assert "P(AI)=" in body["reason"] and ("evidence for" in body["reason"] or "no localised" in body["reason"])
+    again = client.post("/v1/explain", params={"method": method}, content=data).json()
+    assert again["overlay_png_base64"] == body["overlay_png_base64"]  # seeded: the same explanation
+
+
+def test_explain_refuses_an_unknown_method_with_a_4xx(server):
+    client = server["client"]
+    for method in ("occlusion", "", "LIME"):
+        response = client.post("/v1/explain", params={"method": method}, content=_images()["photo.png"])
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert body["error"] == "unknown_method" and "gradcam, lime, shap" in body["detail"] and body["request_id"]
+    audit = [json.loads(line) for line in server["audit"].read_text().splitlines()]
+    assert any(e.get("reason") == "unknown_method" and e["status"] == 422 for e in audit)
 
 
 def test_concurrent_calls_are_batched_and_answered_like_single_calls(server):

@@ -1,4 +1,4 @@
-"""Grad-CAM for one-logit detectors (no Ray): maps, their placement on the image, overlays, reasons."""
+"""Grad-CAM for one-logit detectors (no Ray): maps, their placement on the image, overlays."""
 
 from __future__ import annotations
 
@@ -9,16 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from raydetect.explain.gradcam import (
-    describe,
-    explain_image,
-    gradcam_map,
-    overlay,
-    png_bytes,
-    signed_target,
-    stitch,
-    target_layers,
-)
+from raydetect.explain.core import explain_image, signed_target
+from raydetect.explain.gradcam import gradcam_map, overlay, png_bytes, stitch, target_layers
 from raydetect.models.backbones import build_backbone
 from raydetect.models.bundle import Detector, ModelCard
 from raydetect.models.views import ViewPolicy, resize_center_crop, view_boxes
@@ -104,15 +96,8 @@ def test_overlay_has_the_image_size_and_keeps_cold_pixels():
     assert Image.open(io.BytesIO(png)).size == (70, 50)
 
 
-def test_describe_names_the_region_and_the_decision():
-    heat = np.zeros((90, 90), dtype=np.float32)
-    heat[:20, :20] = 1.0
-    line = describe(heat, 0.91, "ai", 0.5)
-    assert line.startswith("P(AI) = 0.91") and "AI-generated" in line and "top-left" in line
-    assert "\n" not in line
-    assert "no localised evidence" in describe(np.zeros((10, 10), np.float32), 0.2, "real", 0.5)
-    assert "review" in describe(heat, 0.5, "review", 0.5)
-    assert signed_target(0.7, 0.5) == 1.0 and signed_target(0.3, 0.5) == -1.0
+def test_signed_target_points_at_the_decision_taken():
+    assert signed_target(0.7, 0.5) == 1.0 and signed_target(0.5, 0.5) == 1.0 and signed_target(0.3, 0.5) == -1.0
 
 
 @pytest.mark.parametrize("backbone", ["tinycnn", "resnet18"])
@@ -123,7 +108,8 @@ def test_explain_image_end_to_end(backbone: str):
     assert explanation.overlay.size == image.size and explanation.heat.shape == (80, 120)
     assert explanation.decision == detector.card.decide(explanation.prob_ai)
     assert explanation.prob_ai == pytest.approx(detector.predict_image(image), abs=1e-6)
-    assert explanation.reason.startswith("P(AI) = ")
+    assert explanation.reason.startswith(("AI (P(AI)=", "real (P(AI)=", "review (uncertain) (P(AI)="))
+    assert explanation.method == "gradcam" and explanation.views == 1  # a card without views: one resized crop
 
 
 def test_explain_covers_the_whole_image_with_native_tiles():
