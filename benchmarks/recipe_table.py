@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from raydetect.evaluate.metrics import binary_metrics, condition_metrics
-from raydetect.train.cv import CV_PREDICTIONS_FILE
+from raydetect.models.bundle import CV_PREDICTIONS_FILE
 
 COLUMNS = ("f1", "auc_roc", "accuracy", "f1_as_generated", "real_processed_acc")
 

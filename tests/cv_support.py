@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raydetect.train.cv import CV_PREDICTIONS_FILE, GENERALISATION_FILE, format_cv_table, format_generalisation
+from raydetect.models.bundle import CV_PREDICTIONS_FILE, GENERALISATION_FILE
+from raydetect.train.cv import format_cv_table, format_generalisation
 
 
 def assert_out_of_fold(outcome) -> None:

@@ -232,11 +232,13 @@ def render_report(
     robustness: pd.DataFrame | None = None,
     adversarial: pd.DataFrame | None = None,
     galleries: dict[str, dict] | None = None,
+    generalisation: pd.DataFrame | None = None,
 ) -> tuple[str, dict]:
     """HTML text and a JSON-able summary for scored rows joined to their labels. `card`: the model card
     (temperature, calibration, review band); `settings`: `evaluate:` (config.EvaluateSettings); `robustness`:
     the sweep's table (`robustness.sweep`); `adversarial`: `adversarial.adversarial_eval`'s table;
-    `galleries`: `gallery.error_galleries` of these rows."""
+    `galleries`: `gallery.error_galleries` of these rows; `generalisation`: training's leave-one-generator-out
+    table (`train.cv.generalisation_table`)."""
     from raydetect.config import EvaluateSettings
     from raydetect.evaluate.gallery import galleries_html, gallery_summary
 
@@ -298,6 +300,14 @@ def render_report(
             "each pushed towards the wrong class.</p>"
         )
         sections.append(_table_html(adversarial))
+    if generalisation is not None and len(generalisation):
+        sections.append("<h2>Generalisation: leave one generator out</h2>")
+        sections.append(
+            "<p>From training (<code>--leave-generator-out</code>): the same recipe and folds trained without "
+            "each generator's AI images, validated on them and the real images (never trained on): F1, AUC, "
+            "the share of its AI images caught and of the real images passed.</p>"
+        )
+        sections.append(_table_html(generalisation))
     if galleries:
         sections.append(galleries_html(galleries, threshold))
     style = (
@@ -322,6 +332,7 @@ def render_report(
         "robustness": robustness.to_dict(orient="records") if robustness is not None else None,
         "adversarial": adversarial.to_dict(orient="records") if adversarial is not None else None,
         "galleries": gallery_summary(galleries) if galleries else None,
+        "generalisation": generalisation.to_dict(orient="records") if generalisation is not None else None,
         "errors": n_errors,
         "threshold": threshold,
         "context": {k: str(v) for k, v in (context or {}).items()},  # what was evaluated (the registry reads it)
@@ -366,6 +377,7 @@ def write_report(
     robustness: pd.DataFrame | None = None,
     adversarial: pd.DataFrame | None = None,
     explainer=None,
+    generalisation: pd.DataFrame | None = None,
 ) -> dict:
     """Join predictions to labels, write the HTML report and a JSON summary beside it; return the summary.
     Without `card`, the scoring run's `_SUCCESS` manifest gives threshold, band and calibration. `explainer`:
@@ -385,7 +397,8 @@ def write_report(
     card = card if card is not None else run_card(predictions_uri)
     galleries = error_galleries(joined, threshold, explainer, settings or EvaluateSettings())
     page, summary = render_report(joined, threshold, title, context, n_errors, card=card, settings=settings,
-                                  robustness=robustness, adversarial=adversarial, galleries=galleries)  # fmt: skip
+                                  robustness=robustness, adversarial=adversarial, galleries=galleries,
+                                  generalisation=generalisation)  # fmt: skip
     storage.write_text(output_html, page)
     summary_uri = output_html.rsplit(".", 1)[0] + ".json"
     storage.write_text(summary_uri, json.dumps(summary, indent=2, default=float))

@@ -73,22 +73,27 @@ def model_checks(uris: Sequence[str], labelled: pd.DataFrame, settings) -> dict[
     """The robustness sweep and the adversarial table (evaluate/adversarial.py) of a single model (`uris`:
     the resolved model directories, `ModelSpec.uris`), with the run's settings (device, precision,
     `evaluate:`), and the loaded model for the galleries' Grad-CAM overlays: `write_report`'s `robustness`,
-    `adversarial` and `explainer`. A table is None when its sample size is 0, the explainer when
-    `gallery_size` is; all three for an ensemble; the adversarial table for a model without gradients to
+    `adversarial` and `explainer`, and the model directory's leave-one-generator-out table (`generalisation`,
+    None without one). A table is None when its sample size is 0, the explainer when `gallery_size` is; all
+    for an ensemble; the adversarial table for a model without gradients to
     attack through (DIRE)."""
     from raydetect.evaluate.adversarial import adversarial_eval
-    from raydetect.models.bundle import Detector, load_detector
+    from raydetect.models.bundle import GENERALISATION_FILE, Detector, load_detector, read_beside_model
 
     ev = settings.evaluate
-    nothing = {"robustness": None, "adversarial": None, "explainer": None}
-    if len(uris) != 1 or max(ev.robustness_sample, ev.adversarial_sample, ev.gallery_size) <= 0:
+    nothing = {"robustness": None, "adversarial": None, "explainer": None, "generalisation": None}
+    if len(uris) != 1:
         return nothing
+    generalisation = read_beside_model(uris[0], GENERALISATION_FILE)  # written by train --leave-generator-out
+    if max(ev.robustness_sample, ev.adversarial_sample, ev.gallery_size) <= 0:
+        return {**nothing, "generalisation": generalisation}
     detector = load_detector(uris[0], device=settings.device, precision=settings.precision)
     attackable = isinstance(detector, Detector) and ev.adversarial_sample > 0
     return {
         "robustness": sweep(detector, labelled, ev, settings.seed) if ev.robustness_sample > 0 else None,
         "adversarial": adversarial_eval(detector, labelled, ev, settings.seed) if attackable else None,
         "explainer": detector if ev.gallery_size > 0 else None,
+        "generalisation": generalisation,
     }
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
@@ -184,3 +185,31 @@ def load_detector(uri: str, device: str = "auto", view_mode: str | None = None, 
     if card.kind != "cnn":
         raise ValueError(f"{uri}: unknown model kind {card.kind!r} (cnn, dire)")
     return Detector.load(uri, device=device, view_mode=view_mode, precision=precision)
+
+
+# --- tables of the training run, kept in the model directory ------------------------------------------------
+
+CV_PREDICTIONS_FILE = "cv_predictions.parquet"  # its CV's out-of-fold rows (train.cv.out_of_fold)
+GENERALISATION_FILE = "generalisation.csv"  # leave-one-generator-out (train.cv.generalisation_table)
+
+
+def save_beside_model(frame: pd.DataFrame | None, model_uri: str | None, file: str) -> None:
+    """Write a table of the training run into the model directory it exported (Parquet, or CSV by `file`'s
+    suffix): the CV's out-of-fold predictions (ensembles, recipe tables), the generalisation table."""
+    if frame is None or model_uri is None:
+        return
+    buffer = io.BytesIO()
+    if file.endswith(".csv"):
+        frame.to_csv(buffer, index=False)
+    else:
+        frame.to_parquet(buffer, index=False)
+    storage.write_bytes(storage.join(model_uri, file), buffer.getvalue())
+
+
+def read_beside_model(model_uri: str, file: str) -> pd.DataFrame | None:
+    """A table `save_beside_model` wrote (None when the model directory has none)."""
+    uri = storage.join(model_uri, file)
+    if not storage.exists(uri):
+        return None
+    data = io.BytesIO(storage.read_bytes(uri))
+    return pd.read_csv(data) if file.endswith(".csv") else pd.read_parquet(data)

@@ -7,7 +7,6 @@ A single-fold run (`--fold K`) validates on fold K of a 5-fold split.
 
 from __future__ import annotations
 
-import io
 import math
 import statistics
 import time
@@ -18,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raydetect import storage
 from raydetect.config import Settings
 from raydetect.evaluate.metrics import CONDITION_METRICS, condition_metrics
+from raydetect.models.bundle import CV_PREDICTIONS_FILE, GENERALISATION_FILE, save_beside_model
 from raydetect.train.trainer import (
     CALIBRATION_COLUMNS,
     FoldRun,
@@ -32,7 +31,6 @@ from raydetect.train.trainer import (
 
 HOLDOUT_K = 5  # a single-fold run holds out 1/5 of the groups
 TABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc", *CONDITION_METRICS)
-CV_PREDICTIONS_FILE = "cv_predictions.parquet"  # in the exported model directory: its CV's out-of-fold rows
 CARRIED = ("category", "generator", "processing", "group", "width", "height")  # joined to the OOF rows
 
 
@@ -84,28 +82,6 @@ def out_of_fold(runs: list[FoldRun], assigned: pd.DataFrame) -> pd.DataFrame | N
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def save_beside_model(frame: pd.DataFrame | None, model_uri: str | None, file: str) -> None:
-    """Write a table of the training run into the model directory it exported (Parquet, or CSV by `file`'s
-    suffix): the CV's out-of-fold predictions (ensembles, recipe tables), the generalisation table."""
-    if frame is None or model_uri is None:
-        return
-    buffer = io.BytesIO()
-    if file.endswith(".csv"):
-        frame.to_csv(buffer, index=False)
-    else:
-        frame.to_parquet(buffer, index=False)
-    storage.write_bytes(storage.join(model_uri, file), buffer.getvalue())
-
-
-def read_beside_model(model_uri: str, file: str) -> pd.DataFrame | None:
-    """A table `save_beside_model` wrote (None when the model directory has none)."""
-    uri = storage.join(model_uri, file)
-    if not storage.exists(uri):
-        return None
-    data = io.BytesIO(storage.read_bytes(uri))
-    return pd.read_csv(data) if file.endswith(".csv") else pd.read_parquet(data)
-
-
 def held_out(train: pd.Series, val: pd.Series, frame: pd.DataFrame, generator: str | None):
     """Leave-`generator`-out masks over `frame`: train without its AI images, validate on the real images and
     its AI images only (a train-on-others / test-on-one split). None: the masks as they are."""
@@ -125,9 +101,6 @@ def training_generators(df: pd.DataFrame) -> list[str]:
     if len(generators) < 2:
         raise ValueError(f"leave-one-generator-out needs AI images of two generators or more, not {generators}")
     return generators
-
-
-GENERALISATION_FILE = "generalisation.csv"  # in the exported model directory: the leave-one-generator-out table
 
 
 def generalisation_table(runs_by_generator: dict[str, list[FoldRun]]) -> pd.DataFrame:

@@ -11,9 +11,9 @@ import pytest
 from raydetect.config import Settings, load_settings
 from raydetect.data.folds import assign_folds
 from raydetect.data.images import decode_image
-from raydetect.models.bundle import Detector
+from raydetect.models.bundle import GENERALISATION_FILE, Detector
 from raydetect.models.filters import NPRFilter
-from raydetect.train.cv import GENERALISATION_FILE, format_cv_table, train_detector
+from raydetect.train.cv import format_cv_table, train_detector
 from tests.cv_support import assert_out_of_fold
 from tests.datasets import make_kaggle_dataset
 

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from raydetect.config import load_settings
 from raydetect.evaluate.metrics import (
     HEADLINE,
     binary_metrics,
@@ -182,3 +183,20 @@ def test_condition_metrics_are_f1_as_generated_and_processed_real_photos_called_
     assert got["f1_as_generated"] == pytest.approx(2 / 4)
     assert got["real_processed_acc"] == pytest.approx(1 / 2)  # hardneg 0.6 called AI, jpeg70 0.3 called real
     assert all(np.isnan(v) for v in condition_metrics(frame.drop(columns="processing")).values())
+
+
+def test_the_report_shows_trainings_leave_one_generator_out_table(tmp_path: Path):
+    from raydetect.evaluate.robustness import model_checks
+    from raydetect.models.bundle import GENERALISATION_FILE, save_beside_model
+
+    table = pd.DataFrame({"generator": ["ddpm", "waifu2x"], "folds": [5, 5], "n_val": [600, 600], "f1": [0.39, 0.11],
+                          "auc": [0.82, 0.66], "ai_caught": [0.32, 0.08], "real_passed": [0.93, 0.94]})  # fmt: skip
+    page, summary = render_report(_scored(), 0.5, generalisation=table)
+    assert "Generalisation: leave one generator out" in page and "waifu2x" in page
+    assert summary["generalisation"][1]["ai_caught"] == 0.08
+    assert render_report(_scored(), 0.5)[1]["generalisation"] is None
+    # `evaluate --model DIR` and the demo find it in the model directory, where training saved it
+    save_beside_model(table, str(tmp_path), GENERALISATION_FILE)
+    settings = load_settings(None, {"evaluate": {"robustness_sample": 0, "adversarial_sample": 0, "gallery_size": 0}})
+    found = model_checks([str(tmp_path)], pd.DataFrame(), settings)["generalisation"]
+    pd.testing.assert_frame_equal(found, table)
