@@ -24,10 +24,10 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _read_json(uri: str) -> dict[str, Any]:
+def _read_json(uri: str, settings) -> dict[str, Any]:
     from raydetect import storage
 
-    return json.loads(storage.read_text(uri))
+    return json.loads(storage.read_text(uri, settings.storage))
 
 
 @app.command("register")
@@ -49,7 +49,7 @@ def register_cmd(
         training = read_manifest(data, split="train", settings=settings)
     try:
         version = registry.register(settings, model_dir, training=training,
-                                    evaluation=_read_json(evaluation) if evaluation else None)
+                                    evaluation=_read_json(evaluation, settings) if evaluation else None)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     typer.echo(f"registered {settings.registry.model_name} version {version}: {model_dir}")
@@ -97,7 +97,7 @@ def promote_cmd(
     settings = settings_from(config, overrides)
     try:
         if evaluation:
-            registry.attach_evaluation(settings, version, _read_json(evaluation), eval_data, evaluation)
+            registry.attach_evaluation(settings, version, _read_json(evaluation, settings), eval_data, evaluation)
         outcome = registry.promote(settings, version, force=force, reason=reason)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc

@@ -80,7 +80,8 @@ def model_checks(uris: Sequence[str], labelled: pd.DataFrame, settings) -> dict[
     ev = settings.evaluate
     if len(uris) != 1 or (ev.robustness_sample <= 0 and ev.adversarial_sample <= 0):
         return {"robustness": None, "adversarial": None}
-    detector = load_detector(uris[0], device=settings.device, precision=settings.precision)
+    detector = load_detector(uris[0], device=settings.device, precision=settings.precision,
+                             storage_settings=settings.storage)
     attackable = isinstance(detector, Detector) and ev.adversarial_sample > 0
     return {
         "robustness": sweep(detector, labelled, ev, settings.seed) if ev.robustness_sample > 0 else None,

@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from raydetect import storage
+from raydetect.config import StorageSettings
 from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from raydetect.models.backbones import build_backbone
 from raydetect.models.precision import autocast, resolve_precision
@@ -74,28 +75,40 @@ class ModelCard:
         return "ai" if prob_ai >= self.threshold else "real"
 
 
-def save_model(model: nn.Module, card: ModelCard, uri: str) -> str:
+def save_model(model: nn.Module, card: ModelCard, uri: str, storage_settings: StorageSettings | None = None) -> str:
     """Write the directory (weights first, card last, so a card always has its weights)."""
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    storage.makedirs(uri)
-    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), buffer.getvalue())
-    storage.write_text(storage.join(uri, CARD_FILE), json.dumps(asdict(card), indent=2))
+    return write_model_dir(uri, buffer.getvalue(), card, storage_settings)
+
+
+def write_model_dir(uri: str, weights: bytes, card: ModelCard, storage_settings: StorageSettings | None = None) -> str:
+    """Write a model directory from its weights' bytes and its card (weights first, card last)."""
+    storage.makedirs(uri, storage_settings)
+    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), weights, storage_settings)
+    storage.write_text(storage.join(uri, CARD_FILE), json.dumps(asdict(card), indent=2), storage_settings)
     return storage.normalize(uri)
 
 
-def load_card(uri: str) -> ModelCard:
-    data = json.loads(storage.read_text(storage.join(uri, CARD_FILE)))
+def load_card(uri: str, storage_settings: StorageSettings | None = None) -> ModelCard:
+    data = json.loads(storage.read_text(storage.join(uri, CARD_FILE), storage_settings))
     if data.get("format") != FORMAT:
         raise ValueError(f"{uri} is not a raydetect model directory (format {data.get('format')!r})")
     return ModelCard(**data)
 
 
-def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    card = load_card(uri)
+def load_weights(uri: str, storage_settings: StorageSettings | None = None) -> dict[str, torch.Tensor]:
+    """The state_dict in a model directory's `weights.pt`."""
+    data = storage.read_bytes(storage.join(uri, WEIGHTS_FILE), storage_settings)
+    return torch.load(io.BytesIO(data), map_location="cpu")
+
+
+def load_model(
+    uri: str, device: str | torch.device = "cpu", storage_settings: StorageSettings | None = None
+) -> tuple[nn.Module, ModelCard]:
+    card = load_card(uri, storage_settings)
     model = build_backbone(card.backbone, "none", card.input_filter)
-    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS_FILE))), map_location="cpu")
-    model.load_state_dict(state)
+    model.load_state_dict(load_weights(uri, storage_settings))
     return model.to(device).eval(), card
 
 
@@ -136,10 +149,11 @@ class Detector:
         self.precision = resolve_precision(precision, device)
 
     @classmethod
-    def load(cls, uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto") -> Detector:
+    def load(cls, uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto",
+             storage_settings: StorageSettings | None = None) -> Detector:
         """`view_mode` (native / resize) overrides the card's view policy mode; None or `card` keeps it."""
         dev = resolve_device(device)
-        model, card = load_model(uri, dev)
+        model, card = load_model(uri, dev, storage_settings)
         return cls(model, card, dev, card.view_policy.with_mode(view_mode), precision)
 
     @torch.inference_mode()
@@ -172,14 +186,17 @@ class Detector:
         return self.probabilities(image_logits(self.view_logits, images, self.policy, max_batch))
 
 
-def load_detector(uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto"):
+def load_detector(uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto",
+                  storage_settings: StorageSettings | None = None):
     """The one model resolver of scoring, Serve and evaluation: the card's `kind` picks `Detector` (cnn) or
-    `DireDetector` (dire); both give `.card`, `.policy`, `.device`, `.precision`, `.predict_images(views)`."""
-    card = load_card(uri)
+    `DireDetector` (dire); both give `.card`, `.policy`, `.device`, `.precision`, `.predict_images(views)`.
+    `storage_settings` (the config's `storage:`) reach every read of the directory, as they do image reads."""
+    card = load_card(uri, storage_settings)
+    options = {"device": device, "view_mode": view_mode, "precision": precision, "storage_settings": storage_settings}
     if card.kind == "dire":
         from raydetect.models.dire import DireDetector
 
-        return DireDetector.load(uri, device=device, view_mode=view_mode, precision=precision)
+        return DireDetector.load(uri, **options)
     if card.kind != "cnn":
         raise ValueError(f"{uri}: unknown model kind {card.kind!r} (cnn, dire)")
-    return Detector.load(uri, device=device, view_mode=view_mode, precision=precision)
+    return Detector.load(uri, **options)

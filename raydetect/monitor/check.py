@@ -64,7 +64,7 @@ def check(settings: Settings, data: str, *, split: str = "test", predictions: st
     labelled, run, joined = labelled_predictions(data, split, predictions, ref, settings)
     if joined.empty:
         raise ValueError(f"no scored row of {run} matches a labelled image of {data}")
-    threshold = load_card(resolved.uri).threshold
+    threshold = load_card(resolved.uri, settings.storage).threshold
     current = binary_metrics(joined["label"].astype(int).to_numpy(), joined["prob_ai"].to_numpy(float), threshold)
     registered = registry.figures(tags).metrics
     reasons = metric_reasons(current, registered, settings) + generator_reasons(labelled, tags)

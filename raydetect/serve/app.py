@@ -51,7 +51,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.concurrency import run_in_threadpool
 
-from raydetect.config import Settings, load_settings
+from raydetect.config import Settings, StorageSettings, load_settings
 from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
 from raydetect.models.views import ViewError, ViewPolicy, make_views
 from raydetect.registry import ResolvedModel, resolve_model
@@ -207,13 +207,14 @@ class DetectorModel:
     """One loaded detector per replica; dynamic batching of single-image calls."""
 
     def __init__(self, device: str = "auto", torch_threads: int | None = None, precision: str = "auto",
-                 registry_uri: str | None = None):
+                 registry_uri: str | None = None, storage_settings: StorageSettings | None = None):
         import torch
 
         threads = torch_threads or max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         torch.set_num_threads(threads)
         self.device, self.torch_threads, self.precision = device, threads, precision
         self.registry_uri = registry_uri  # where user_config's `models:/` references are looked up
+        self.storage_settings = storage_settings  # the config's `storage:` (S3 endpoint) for the model's files
         self.detector = None
         self.model_uri: str | None = None
         self.revision: Any = None
@@ -238,7 +239,8 @@ class DetectorModel:
             raise ValueError("DetectorModel needs user_config.model_uri (a raydetect model directory)")
         uri, version, ref = self._resolve(config)
         if uri != self.model_uri or config.get("revision") != self.revision or self.detector is None:
-            detector = load_detector(uri, device=self.device, precision=self.precision)
+            detector = load_detector(uri, device=self.device, precision=self.precision,
+                                     storage_settings=self.storage_settings)
             with self._lock:
                 self.detector, self.model_uri, self.revision = detector, uri, config.get("revision")
                 self.registry_version, self.model_ref = version, ref
@@ -255,8 +257,10 @@ class DetectorModel:
         uri = str(config["model_uri"])
         if not uri.startswith("models:/"):
             return uri, config.get("registry_version"), config.get("model_ref")
-        overrides = {"tracking": {"mlflow_uri": self.registry_uri}} if self.registry_uri else None
-        resolved = resolve_model(uri, load_settings(overrides=overrides))
+        base = load_settings()
+        registry = base.tracking.model_copy(update={"mlflow_uri": self.registry_uri or base.tracking.mlflow_uri})
+        settings = base.model_copy(update={"tracking": registry, "storage": self.storage_settings or base.storage})
+        resolved = resolve_model(uri, settings)
         return resolved.uri, resolved.version, uri
 
     def _warm_up(self) -> None:
@@ -765,7 +769,7 @@ def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel |
         ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": _gpus_per_replica(settings)},
         user_config=user_config,
     ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision,
-           registry_uri=settings.mlflow_uri())
+           registry_uri=settings.mlflow_uri(), storage_settings=settings.storage)
     ingress = RayDetectAPI.options(
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),

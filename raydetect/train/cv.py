@@ -187,7 +187,7 @@ def train_detector(
         if best.checkpoint_uri is not None:
             target = output or str(settings.workdir_path / "models" / name)
             cv_metrics = {"cv_f1_mean": f1_mean, "cv_f1_std": f1_std, "cv_folds": float(len(runs))}
-            model_uri = export_model(best.checkpoint_uri, target, cv_metrics, version=name)
+            model_uri = export_model(best.checkpoint_uri, target, cv_metrics, settings.storage, version=name)
         if tracker is not None:
             tracker.log_metrics({"cv_f1_mean": f1_mean, "cv_f1_std": f1_std})
             for metric in TABLE_METRICS:
