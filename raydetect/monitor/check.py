@@ -2,7 +2,8 @@
 
 - a metric (`monitor.metrics`) falls more than `monitor.max_metric_drop` (a fraction, 5 %) below the value
   registered for the version (its evaluation's, else its card's);
-- the scores drifted from a reference run (`monitor drift`'s test), when a reference is given;
+- the scores or inputs drifted from a reference (`monitor drift`'s test: a scoring run, or a dataset such as
+  the training data), when one is given;
 - the labelled data holds a `generator` value the version's training data did not (`train.generators`).
 """
 
