@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,10 @@ from raydetect.config import load_settings
 from raydetect.data.manifest import read_manifest
 from raydetect.models.backbones import build_backbone
 from raydetect.models.bundle import ModelCard, save_model
-from tests.datasets import encode, make_kaggle_dataset, smooth_photo
+from tests.datasets import encode, make_kaggle_dataset, predictions_for, smooth_photo, write_scoring_run
 
 runner = CliRunner()
 ROWS = 300
-
-
-def _write_run(folder: Path, paths: list[str], prob_ai: np.ndarray, sizes: list[int], model: str | None = None) -> str:
-    decision = np.where(prob_ai >= 0.6, "ai", np.where(prob_ai >= 0.4, "review", "real"))
-    frame = pd.DataFrame({
-        "path": paths, "sha256": [f"{i:064x}" for i in range(len(paths))], "prob_ai": prob_ai, "decision": decision,
-        "threshold": 0.5, "model_name": "tiny", "model_version": "1", "scored_at": datetime.now(UTC), "error": None,
-        "width": np.asarray(sizes, "int32"), "height": np.asarray(sizes, "int32"), "views": np.int32(1),
-    })  # fmt: skip
-    folder.mkdir(parents=True)
-    frame.to_parquet(folder / "part-00000.parquet", index=False)
-    (folder / "_SUCCESS").write_text(json.dumps({"models": [{"uri": model}] if model else []}))
-    return str(folder)
 
 
 def _images(folder: Path, seed: int, shifted: bool) -> list[str]:
@@ -56,7 +42,7 @@ def _scoring_run(tmp: Path, name: str, seed: int, shifted: bool, model: str | No
     """A run of ROWS images (`_images`) and its predictions (higher P(AI) on the shifted images)."""
     paths = _images(tmp / f"images-{name}", seed, shifted)
     prob_ai = np.random.default_rng(seed).beta(5, 2, ROWS) if shifted else np.random.default_rng(seed).beta(2, 3, ROWS)
-    return _write_run(tmp / "predictions" / f"run={name}", paths, prob_ai, [64] * ROWS, model)
+    return write_scoring_run(tmp / "predictions" / f"run={name}", paths, prob_ai, [64] * ROWS, model)
 
 
 def _training_data(tmp: Path, seed: int) -> Path:
@@ -140,14 +126,6 @@ def _registry_settings(tmp: Path):
     return load_settings(overrides=[f"workdir={tmp}", f"tracking.mlflow_uri=sqlite:///{tmp / 'mlflow.db'}"])
 
 
-def _predictions_for(manifest: pd.DataFrame, folder: Path, wrong: int = 0) -> str:
-    """Confident, correct predictions for a labelled manifest (the first `wrong` rows flipped)."""
-    labels = manifest["label"].astype(int).to_numpy().copy()
-    labels[:wrong] = 1 - labels[:wrong]
-    prob_ai = np.where(labels == 1, 0.9, 0.1)
-    return _write_run(folder, manifest["path"].tolist(), prob_ai, [32] * len(manifest))
-
-
 def _job_main():
     from importlib.util import module_from_spec, spec_from_file_location
 
@@ -164,7 +142,7 @@ def test_monitor_check_says_retrain_on_an_unseen_generator_and_a_metric_drop(tmp
     training = read_manifest(train_root, "train", settings)
     flags = ["--split", "train", "--set", f"workdir={tmp_path}",
              "--set", f"tracking.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
-    same = _predictions_for(training, tmp_path / "p" / "run=same")
+    same = predictions_for(training, tmp_path / "p" / "run=same")
     result = runner.invoke(app, ["monitor", "check", "--data", str(train_root), "--predictions", same, *flags])
     assert result.exit_code == 2 and "not in the registry" in result.output  # nothing serves yet
     card = ModelCard(backbone="tinycnn", version="m1", image_size=32, metrics={"f1": 0.9, "auc_roc": 0.95})
@@ -182,13 +160,13 @@ def test_monitor_check_says_retrain_on_an_unseen_generator_and_a_metric_drop(tmp
     csv.loc[csv["label"] == 1, "generator"] = "ddpm"
     csv.to_csv(new_root / "train.csv", index=False)
     newer = read_manifest(new_root, "train", settings)
-    run = _predictions_for(newer, tmp_path / "p" / "run=new")
+    run = predictions_for(newer, tmp_path / "p" / "run=new")
     result = runner.invoke(app, ["monitor", "check", "--data", str(new_root), "--predictions", run, *flags])
     assert result.exit_code == 1, result.output
     assert "generator never seen in training: ddpm" in result.output and result.output.strip().endswith("retrain")
 
     # the same data as training, scored worse: F1 more than 5 % below the registered 0.9
-    worse = _predictions_for(training, tmp_path / "p" / "run=worse", wrong=3)
+    worse = predictions_for(training, tmp_path / "p" / "run=worse", wrong=3)
     argv = ["--data", str(train_root), "--predictions", worse, "--output", str(tmp_path / "verdict.json"), *flags]
     assert monitor_job(argv) == 1
     verdict = json.loads((tmp_path / "verdict.json").read_text())
