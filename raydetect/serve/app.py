@@ -18,11 +18,13 @@ HTTP -> Serve proxy -> RayDetectAPI (FastAPI: auth, body limit, safe decode, cro
 - The model comes from (`raydetect.registry.resolve_model`): the builder's `model_uri` (a directory or a
   registry reference such as `models:/raydetect@production` or `production`), else `$RAYDETECT_MODEL_URI`,
   else `serve.model_uri` in the config, else the registry's `production` alias, else
-  `<workdir>/models/production`. A registry reference is resolved when the app is built, so `serve deploy`
-  after a promotion or rollback sends replicas a new `model_uri` and they reload in place; `/v1/model`
-  then names the registry version (`registry_version`, `model_ref`). A `models:/` reference written into
-  `user_config.model_uri` itself (serve_config.yaml) is looked up by each replica in `reconfigure`, in the
-  registry the builder's settings name: bumping `revision` then picks up a promotion or rollback in place.
+  `<workdir>/models/production`. A registry reference is resolved when the app is built (`serve.run`, or
+  a `serve deploy` whose import path or args changed); `/v1/model` names the registry version
+  (`registry_version`, `model_ref`). A `models:/` reference written into `user_config.model_uri` itself
+  (serve_config.yaml) is looked up by each replica in `reconfigure`, in the registry the builder's settings
+  name. An unchanged config file re-runs neither, so after a promotion or rollback `raydetect model deploy`
+  (serve/redeploy.py) writes the newly resolved directory and version into the running application's
+  `user_config` and deploys it again: the replicas reload in place (bumping `revision` by hand does too).
 
 `app_builder` is the `import_path` target of `serve_config.yaml` (`serve run` / `serve deploy`);
 `build_app(settings, model_uri)` is the Python entry point (tests, `raydetect serve`, benchmarks).
