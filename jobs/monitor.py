@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="labelled dataset root (local or s3://)")
     parser.add_argument("--split", default="test", help="test (test_labels.csv) | train")
     parser.add_argument("--predictions", default=None, help="a scoring run of --data (default: score it now)")
-    parser.add_argument("--reference", default=None, help="a reference scoring run for the drift test")
+    parser.add_argument("--reference", default=None, help="a reference scoring run or dataset for the drift test")
     parser.add_argument("--output", default=None, help="also write the verdict JSON here (local or s3://)")
     return add_job_arguments(parser).parse_args(argv)
 

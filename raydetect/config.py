@@ -254,8 +254,10 @@ class MonitorSettings(_Section):
     max_psi: float = Field(0.2, gt=0)  # PSI above this is drift (0.1-0.2: moderate, > 0.2: large)
     ks_alpha: float = Field(0.01, gt=0, lt=1)  # KS test on prob_ai: p below this (and PSI > max_psi/2) is drift
     max_share_change: float = Field(0.1, gt=0)  # absolute change of the ai / review share
-    max_input_psi: float = Field(0.25, gt=0)  # PSI of an input statistic (size, brightness, sharpness)
-    input_sample: int = Field(200, ge=0)  # files per run read for brightness/sharpness/format (0: none)
+    max_input_psi: float = Field(0.25, gt=0)  # PSI of an input statistic (size, brightness, ..., embeddings)
+    input_sample: int = Field(200, ge=0)  # files per side read for the input statistics (0: none)
+    embeddings: bool = True  # compare the sample's pooled backbone features (with the runs' or --model's model)
+    embedding_components: int = Field(3, ge=0)  # principal components of the reference's features compared
     max_metric_drop: float = Field(0.05, gt=0, lt=1)  # relative drop below the registered value -> retrain
     metrics: list[str] = ["f1", "auc_roc"]
 

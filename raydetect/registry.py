@@ -148,10 +148,10 @@ def training_tags(frame: Any) -> dict[str, str]:
     return tags
 
 
-def card_tags(model_uri: str) -> dict[str, str]:
+def card_tags(model_uri: str, settings: Settings) -> dict[str, str]:
     from raydetect.models.bundle import load_card
 
-    card = load_card(model_uri)
+    card = load_card(model_uri, settings.storage)
     tags = {
         "card_version": str(card.version),
         "backbone": card.backbone,
@@ -213,7 +213,7 @@ def register(
     its card's figures, the training set's tags (`training`: its labelled manifest) and an evaluation
     summary; returns the version."""
     source = storage.normalize(model_uri)
-    tags = {**card_tags(source), "code_version": code_version(), "registered_at": _now()}
+    tags = {**card_tags(source, settings), "code_version": code_version(), "registered_at": _now()}
     if training is not None:
         tags.update(training_tags(training))
     if evaluation is not None:

@@ -1,4 +1,5 @@
-"""`raydetect model register | list | promote | rollback | archive`: the registry (raydetect/registry.py)."""
+"""`raydetect model register | list | promote | rollback | archive | deploy`: the registry (raydetect/registry.py)
+and pointing a running Serve application at the version it serves (raydetect/serve/redeploy.py)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _read_json(uri: str) -> dict[str, Any]:
+def _read_json(uri: str, settings) -> dict[str, Any]:
     from raydetect import storage
 
-    return json.loads(storage.read_text(uri))
+    return json.loads(storage.read_text(uri, settings.storage))
 
 
 @app.command("register")
@@ -49,7 +50,7 @@ def register_cmd(
         training = read_manifest(data, split="train", settings=settings)
     try:
         version = registry.register(settings, model_dir, training=training,
-                                    evaluation=_read_json(evaluation) if evaluation else None)
+                                    evaluation=_read_json(evaluation, settings) if evaluation else None)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     typer.echo(f"registered {settings.registry.model_name} version {version}: {model_dir}")
@@ -97,7 +98,7 @@ def promote_cmd(
     settings = settings_from(config, overrides)
     try:
         if evaluation:
-            registry.attach_evaluation(settings, version, _read_json(evaluation), eval_data, evaluation)
+            registry.attach_evaluation(settings, version, _read_json(evaluation, settings), eval_data, evaluation)
         outcome = registry.promote(settings, version, force=force, reason=reason)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
@@ -140,3 +141,32 @@ def archive_cmd(
     except ValueError as exc:
         raise _fail(exc) from exc
     typer.echo(f"archived version {version} (artifacts kept)")
+
+
+@app.command("deploy")
+def deploy_cmd(
+    address: Annotated[
+        str, typer.Option("--address", "-a", envvar="RAY_DASHBOARD_ADDRESS", help="The cluster's dashboard.")
+    ] = "http://127.0.0.1:8265",
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="A model reference (default: the one the application "
+                                 "records, else the serving alias).")
+    ] = None,
+    app_name: Annotated[str, typer.Option("--app", help="The Serve application.")] = "raydetect",
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Point the running Serve application at the version the alias holds now (after a promote or
+    rollback): its replicas reload the model in place, without a restart."""
+    from raydetect.serve.redeploy import redeploy
+
+    settings = settings_from(config, overrides)
+    try:
+        resolved, changed = redeploy(settings, address, model, app_name)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise _fail(exc) from exc
+    version = f" (registry version {resolved.version})" if resolved.version else ""
+    if changed:
+        typer.echo(f"{app_name}: now serving {resolved.uri}{version}; replicas reload it in place")
+    else:
+        typer.echo(f"{app_name}: already serving {resolved.uri}{version}; nothing deployed")

@@ -64,6 +64,7 @@ class Tracker:
 
     def __init__(self, settings: Settings, experiment: str | None = None):
         self.uri = settings.mlflow_uri()
+        self.storage = settings.storage  # model directories are read with the config's storage settings
         self.experiment = experiment or settings.tracking.experiment
         self._wandb_run: Any = None
         if wandb_enabled():
@@ -134,7 +135,7 @@ class Tracker:
             return
         with tempfile.TemporaryDirectory() as tmp:
             for name in (CARD_FILE, WEIGHTS_FILE):
-                (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
+                (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(uri, name), self.storage))
             mlflow.log_artifacts(tmp, artifact_path)
 
     def log_file(self, local_path: str | Path, artifact_path: str | None = None) -> None:

@@ -80,6 +80,15 @@ def ray_cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
+    """A Ray head of the test's own with the job API (tests/ray_head.py): (dashboard address, environment)."""
+    from tests.ray_head import started_head
+
+    with started_head() as head:
+        yield head
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     """Where tests leave things a person may want to look at (screenshots, reports)."""

@@ -8,6 +8,8 @@ size and encoding stay identical across classes (no format/size shortcut).
 from __future__ import annotations
 
 import io
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,28 @@ def write_scored_images(folder: Path, n: int = 16, size: int = 64, seed: int = 0
         rows.append({"path": str(path), "label": label, "prob_ai": float(rng.uniform(0.05, 0.95)),
                      "category": "human" if i % 4 == 0 else "other", "generator": "checker" if label else "real"})
     return pd.DataFrame(rows)
+
+
+def write_scoring_run(
+    folder: Path, paths: list[str], prob_ai: np.ndarray, sizes: list[int], model: str | None = None
+) -> str:
+    """A scoring run folder as `raydetect score` writes it (DESIGN.md §3): one Parquet part and a `_SUCCESS`
+    manifest naming `model` (when given); decisions from a 0.4-0.6 review band."""
+    decision = np.where(prob_ai >= 0.6, "ai", np.where(prob_ai >= 0.4, "review", "real"))
+    frame = pd.DataFrame({
+        "path": paths, "sha256": [f"{i:064x}" for i in range(len(paths))], "prob_ai": prob_ai, "decision": decision,
+        "threshold": 0.5, "model_name": "tiny", "model_version": "1", "scored_at": datetime.now(UTC), "error": None,
+        "width": np.asarray(sizes, "int32"), "height": np.asarray(sizes, "int32"), "views": np.int32(1),
+    })  # fmt: skip
+    folder.mkdir(parents=True)
+    frame.to_parquet(folder / "part-00000.parquet", index=False)
+    (folder / "_SUCCESS").write_text(json.dumps({"models": [{"uri": model}] if model else []}))
+    return str(folder)
+
+
+def predictions_for(manifest: pd.DataFrame, folder: Path, wrong: int = 0) -> str:
+    """Confident, correct predictions for a labelled manifest (the first `wrong` rows flipped)."""
+    labels = manifest["label"].astype(int).to_numpy().copy()
+    labels[:wrong] = 1 - labels[:wrong]
+    prob_ai = np.where(labels == 1, 0.9, 0.1)
+    return write_scoring_run(folder, manifest["path"].tolist(), prob_ai, [32] * len(manifest))

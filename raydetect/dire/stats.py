@@ -102,4 +102,5 @@ def export_model(features: pd.DataFrame, maps_config: dict, settings, uri: str, 
     unet, scheduler_config = load_unet(diffusion)
     pipeline = fit_pipeline(usable(features), dire.classifier_c)
     params = {"diffusion": diffusion, **card.pop("params", {})}
-    return save_dire_model(uri, unet, scheduler_config, pipeline, dire, name=name, params=params, **card)
+    return save_dire_model(uri, unet, scheduler_config, pipeline, dire, settings.storage, name=name, params=params,
+                           **card)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from raydetect import storage
+from raydetect.config import StorageSettings
 from raydetect.evaluate.calibration import expected_calibration_error, logit, reliability_bins, sigmoid
 from raydetect.evaluate.metrics import HEADLINE, binary_metrics, bootstrap_intervals, equalized_odds, metrics_by_group
 
@@ -340,11 +341,11 @@ def render_report(
     return page, summary
 
 
-def load_predictions(uri: str) -> pd.DataFrame:
+def load_predictions(uri: str, storage_settings: StorageSettings | None = None) -> pd.DataFrame:
     """All Parquet files under a predictions folder (local or s3://), as one frame."""
     import pyarrow.dataset as pads
 
-    fs, path = storage.pyarrow_fs(uri)
+    fs, path = storage.pyarrow_fs(uri, storage_settings)
     dataset = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True,
                            ignore_prefixes=["_", "."])
     return dataset.to_table().to_pandas()

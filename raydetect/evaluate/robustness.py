@@ -84,10 +84,11 @@ def model_checks(uris: Sequence[str], labelled: pd.DataFrame, settings) -> dict[
     nothing = {"robustness": None, "adversarial": None, "explainer": None, "generalisation": None}
     if len(uris) != 1:
         return nothing
-    generalisation = read_beside_model(uris[0], GENERALISATION_FILE)  # written by train --leave-generator-out
+    generalisation = read_beside_model(uris[0], GENERALISATION_FILE, settings.storage)  # train --leave-generator-out
     if max(ev.robustness_sample, ev.adversarial_sample, ev.gallery_size) <= 0:
         return {**nothing, "generalisation": generalisation}
-    detector = load_detector(uris[0], device=settings.device, precision=settings.precision)
+    detector = load_detector(uris[0], device=settings.device, precision=settings.precision,
+                             storage_settings=settings.storage)
     attackable = isinstance(detector, Detector) and ev.adversarial_sample > 0
     return {
         "robustness": sweep(detector, labelled, ev, settings.seed) if ev.robustness_sample > 0 else None,

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from raydetect import storage
+from raydetect.config import StorageSettings
 from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from raydetect.models.backbones import build_backbone
 from raydetect.models.precision import autocast, resolve_precision
@@ -75,29 +76,40 @@ class ModelCard:
         return "ai" if prob_ai >= self.threshold else "real"
 
 
-def save_model(model: nn.Module, card: ModelCard, uri: str) -> str:
+def save_model(model: nn.Module, card: ModelCard, uri: str, storage_settings: StorageSettings | None = None) -> str:
     """Write the directory (weights first, card last, so a card always has its weights)."""
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    storage.makedirs(uri)
-    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), buffer.getvalue())
-    storage.write_text(storage.join(uri, CARD_FILE), json.dumps(asdict(card), indent=2))
+    return write_model_dir(uri, buffer.getvalue(), card, storage_settings)
+
+
+def write_model_dir(uri: str, weights: bytes, card: ModelCard, storage_settings: StorageSettings | None = None) -> str:
+    """Write a model directory from its weights' bytes and its card (weights first, card last)."""
+    storage.makedirs(uri, storage_settings)
+    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), weights, storage_settings)
+    storage.write_text(storage.join(uri, CARD_FILE), json.dumps(asdict(card), indent=2), storage_settings)
     return storage.normalize(uri)
 
 
-def load_card(uri: str) -> ModelCard:
-    data = json.loads(storage.read_text(storage.join(uri, CARD_FILE)))
+def load_card(uri: str, storage_settings: StorageSettings | None = None) -> ModelCard:
+    data = json.loads(storage.read_text(storage.join(uri, CARD_FILE), storage_settings))
     if data.get("format") != FORMAT:
         raise ValueError(f"{uri} is not a raydetect model directory (format {data.get('format')!r})")
     return ModelCard(**data)
 
 
-def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    card = load_card(uri)
+def load_weights(uri: str, storage_settings: StorageSettings | None = None) -> dict[str, torch.Tensor]:
+    """The state_dict in a model directory's `weights.pt`."""
+    data = storage.read_bytes(storage.join(uri, WEIGHTS_FILE), storage_settings)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # a plain state_dict: no code runs
+
+
+def load_model(
+    uri: str, device: str | torch.device = "cpu", storage_settings: StorageSettings | None = None
+) -> tuple[nn.Module, ModelCard]:
+    card = load_card(uri, storage_settings)
     model = build_backbone(card.backbone, "none", card.input_filter)
-    data = io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS_FILE)))
-    state = torch.load(data, map_location="cpu", weights_only=True)  # a plain state_dict: no pickled code runs
-    model.load_state_dict(state)
+    model.load_state_dict(load_weights(uri, storage_settings))
     return model.to(device).eval(), card
 
 
@@ -138,10 +150,11 @@ class Detector:
         self.precision = resolve_precision(precision, device)
 
     @classmethod
-    def load(cls, uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto") -> Detector:
+    def load(cls, uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto",
+             storage_settings: StorageSettings | None = None) -> Detector:
         """`view_mode` (native / resize) overrides the card's view policy mode; None or `card` keeps it."""
         dev = resolve_device(device)
-        model, card = load_model(uri, dev)
+        model, card = load_model(uri, dev, storage_settings)
         return cls(model, card, dev, card.view_policy.with_mode(view_mode), precision)
 
     @torch.inference_mode()
@@ -174,17 +187,20 @@ class Detector:
         return self.probabilities(image_logits(self.view_logits, images, self.policy, max_batch))
 
 
-def load_detector(uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto"):
+def load_detector(uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto",
+                  storage_settings: StorageSettings | None = None):
     """The one model resolver of scoring, Serve and evaluation: the card's `kind` picks `Detector` (cnn) or
-    `DireDetector` (dire); both give `.card`, `.policy`, `.device`, `.precision`, `.predict_images(views)`."""
-    card = load_card(uri)
+    `DireDetector` (dire); both give `.card`, `.policy`, `.device`, `.precision`, `.predict_images(views)`.
+    `storage_settings` (the config's `storage:`) reach every read of the directory, as they do image reads."""
+    card = load_card(uri, storage_settings)
+    options = {"device": device, "view_mode": view_mode, "precision": precision, "storage_settings": storage_settings}
     if card.kind == "dire":
         from raydetect.models.dire import DireDetector
 
-        return DireDetector.load(uri, device=device, view_mode=view_mode, precision=precision)
+        return DireDetector.load(uri, **options)
     if card.kind != "cnn":
         raise ValueError(f"{uri}: unknown model kind {card.kind!r} (cnn, dire)")
-    return Detector.load(uri, device=device, view_mode=view_mode, precision=precision)
+    return Detector.load(uri, **options)
 
 
 # --- tables of the training run, kept in the model directory ------------------------------------------------
@@ -193,7 +209,8 @@ CV_PREDICTIONS_FILE = "cv_predictions.parquet"  # its CV's out-of-fold rows (tra
 GENERALISATION_FILE = "generalisation.csv"  # leave-one-generator-out (train.cv.generalisation_table)
 
 
-def save_beside_model(frame: pd.DataFrame | None, model_uri: str | None, file: str) -> None:
+def save_beside_model(frame: pd.DataFrame | None, model_uri: str | None, file: str,
+                      storage_settings: StorageSettings | None = None) -> None:  # fmt: skip
     """Write a table of the training run into the model directory it exported (Parquet, or CSV by `file`'s
     suffix): the CV's out-of-fold predictions (ensembles, recipe tables), the generalisation table."""
     if frame is None or model_uri is None:
@@ -203,13 +220,15 @@ def save_beside_model(frame: pd.DataFrame | None, model_uri: str | None, file: s
         frame.to_csv(buffer, index=False)
     else:
         frame.to_parquet(buffer, index=False)
-    storage.write_bytes(storage.join(model_uri, file), buffer.getvalue())
+    storage.write_bytes(storage.join(model_uri, file), buffer.getvalue(), storage_settings)
 
 
-def read_beside_model(model_uri: str, file: str) -> pd.DataFrame | None:
+def read_beside_model(
+    model_uri: str, file: str, storage_settings: StorageSettings | None = None
+) -> pd.DataFrame | None:
     """A table `save_beside_model` wrote (None when the model directory has none)."""
     uri = storage.join(model_uri, file)
-    if not storage.exists(uri):
+    if not storage.exists(uri, storage_settings):
         return None
-    data = io.BytesIO(storage.read_bytes(uri))
+    data = io.BytesIO(storage.read_bytes(uri, storage_settings))
     return pd.read_csv(data) if file.endswith(".csv") else pd.read_parquet(data)

@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from raydetect.config import DireSettings
+from raydetect.config import DireSettings, StorageSettings
 from raydetect.models.views import ViewPolicy, image_logits, make_views, map_views, sigmoid
 
 PERCENTILES = (50, 90, 99)
@@ -312,20 +312,18 @@ class DireDetector:
 
     @classmethod
     def load(
-        cls, uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto"
+        cls, uri: str, device: str = "auto", view_mode: str | None = None, precision: str = "auto",
+        storage_settings: StorageSettings | None = None,
     ) -> DireDetector:
         """Load a `kind: dire` model directory (`precision` is fixed: fp16 on CUDA, fp32 on CPU)."""
         from diffusers import UNet2DModel
 
-        from raydetect import storage
-        from raydetect.models.bundle import WEIGHTS_FILE, load_card, resolve_device
+        from raydetect.models.bundle import load_card, load_weights, resolve_device
 
-        card = load_card(uri)
+        card = load_card(uri, storage_settings)
         dev = resolve_device(device)
         module = DireModule(UNet2DModel.from_config(card.params["unet_config"]), LinearHead(len(FEATURE_NAMES)))
-        data = io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS_FILE)))
-        state = torch.load(data, map_location="cpu", weights_only=True)  # a plain state_dict, as bundle.load_model
-        module.load_state_dict(state)
+        module.load_state_dict(load_weights(uri, storage_settings))
         return cls(module, card, dev, card.view_policy.with_mode(view_mode))
 
     def view_features(self, views: np.ndarray) -> np.ndarray:
@@ -356,6 +354,7 @@ def save_dire_model(
     scheduler_config: dict[str, Any],
     pipeline,
     settings: DireSettings,
+    storage_settings: StorageSettings | None = None,
     **card_fields: Any,
 ) -> str:
     """Write a DIRE model directory (`model.json` with `kind: dire` + `weights.pt`) from a UNet and a fitted
@@ -371,4 +370,5 @@ def save_dire_model(
         params=params,
         **card_fields,
     )
-    return save_model(DireModule(unet.float().cpu(), LinearHead.from_pipeline(pipeline)), card, uri)
+    return save_model(DireModule(unet.float().cpu(), LinearHead.from_pipeline(pipeline)), card, uri,
+                      storage_settings)

@@ -2,7 +2,8 @@
 
 - a metric (`monitor.metrics`) falls more than `monitor.max_metric_drop` (a fraction, 5 %) below the value
   registered for the version (its evaluation's, else its card's);
-- the scores drifted from a reference run (`monitor drift`'s test), when a reference is given;
+- the scores or inputs drifted from a reference (`monitor drift`'s test: a scoring run, or a dataset such as
+  the training data), when one is given;
 - the labelled data holds a `generator` value the version's training data did not (`train.generators`).
 """
 
@@ -64,7 +65,7 @@ def check(settings: Settings, data: str, *, split: str = "test", predictions: st
     labelled, run, joined = labelled_predictions(data, split, predictions, ref, settings)
     if joined.empty:
         raise ValueError(f"no scored row of {run} matches a labelled image of {data}")
-    threshold = load_card(resolved.uri).threshold
+    threshold = load_card(resolved.uri, settings.storage).threshold
     current = binary_metrics(joined["label"].astype(int).to_numpy(), joined["prob_ai"].to_numpy(float), threshold)
     registered = registry.figures(tags).metrics
     reasons = metric_reasons(current, registered, settings) + generator_reasons(labelled, tags)

@@ -9,13 +9,19 @@ import typer
 
 from raydetect.cli_options import ConfigOption, SetOption, settings_from
 
-app = typer.Typer(help="Drift between scoring runs, and the retraining trigger.", no_args_is_help=True)
+app = typer.Typer(help="Drift between scoring runs (or a run and its training data), and the retraining trigger.",
+                  no_args_is_help=True)
 
 
 @app.command("drift")
 def drift(
-    reference: Annotated[str, typer.Option("--reference", "-r", help="The reference scoring run folder.")],
-    current: Annotated[str, typer.Option("--current", help="The scoring run folder to compare with it.")],
+    reference: Annotated[
+        str, typer.Option("--reference", "-r", help="The reference: a scoring run folder, or a dataset root / its "
+                          "train.csv or test.csv (the training data).")],
+    current: Annotated[str, typer.Option("--current", help="The scoring run (or dataset) to compare with it.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="The model whose pooled features embed both samples "
+                                 "(default: the current run's model, else the reference run's).")] = None,
     output: Annotated[
         str | None,
         typer.Option("--output", "-o", help="HTML page (JSON beside it); default <workdir>/reports/drift.html."),
@@ -23,12 +29,13 @@ def drift(
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """PSI and KS on prob_ai, decision shares and input statistics; exit 0 = no drift, 1 = drift."""
+    """PSI and KS on prob_ai and decision shares (two runs), input statistics and embeddings (any two sides);
+    exit 0 = no drift, 1 = drift."""
     from raydetect.monitor.drift import drift_between, write_drift
 
     settings = settings_from(config, overrides)
     try:
-        report = drift_between(reference, current, settings)
+        report = drift_between(reference, current, settings, model)
     except (ValueError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
@@ -36,12 +43,19 @@ def drift(
     json_uri = write_drift(report, page, settings)
     for reason in report.reasons:
         typer.echo(f"drift: {reason}")
-    prob = report.figures["prob_ai"]
-    verdict = "DRIFT" if report.drift else "no drift"
-    typer.echo(f"{verdict}: prob_ai PSI {prob['psi']:.3f}, KS p {prob['ks_pvalue']:.3g} "
-               f"(n {report.figures['n_reference']} vs {report.figures['n_current']})")
+    typer.echo(f"{'DRIFT' if report.drift else 'no drift'}: {_headline(report.figures)}")
     typer.echo(f"report: {page}  ({json_uri})")
     raise typer.Exit(1 if report.drift else 0)
+
+
+def _headline(figures: dict) -> str:
+    sizes = f"(n {figures['n_reference']} vs {figures['n_current']})"
+    embedded = figures["embeddings"]["model"]
+    embeddings = f"embeddings by {embedded}" if embedded else f"no embeddings: {figures['embeddings']['missing']}"
+    prob = figures["prob_ai"]
+    if prob is None:
+        return f"inputs only, a {figures['reference_kind']} against a {figures['current_kind']} {sizes}; {embeddings}"
+    return f"prob_ai PSI {prob['psi']:.3f}, KS p {prob['ks_pvalue']:.3g} {sizes}; {embeddings}"
 
 
 @app.command("check")
@@ -52,7 +66,8 @@ def check(
         str | None, typer.Option("--predictions", help="A scoring run of it by production (default: score it now).")
     ] = None,
     reference: Annotated[
-        str | None, typer.Option("--reference", help="A reference scoring run: drift from it means retrain.")
+        str | None, typer.Option("--reference", help="A reference scoring run or dataset (the training data): "
+                                 "drift from it means retrain.")
     ] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Also write the verdict JSON here.")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster (when scoring).")] = None,

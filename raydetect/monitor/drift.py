@@ -1,14 +1,18 @@
-"""Drift between two scoring runs (`raydetect score` Parquet folders, DESIGN.md §3), as plain functions.
+"""Drift between a reference and a current side, as plain functions. A side is a scoring run (a
+`raydetect score` Parquet folder, DESIGN.md §3) or a dataset (a dataset root or its `train.csv` /
+`test.csv`: the training data, read with `data/manifest.read_manifest`, `auto` split for a root).
 
-- `prob_ai`: PSI over the reference's quantile bins, and a two-sample KS test (scipy);
-- the shares of `ai` and `review` decisions;
-- input statistics: the image side (sqrt(width * height), from the rows) and, from a sample of the files
-  (`monitor.input_sample`), the format share, brightness (mean luma) and sharpness (`laplacian_ratio` of
-  `data/content.py`, the shortcut audit's).
+- `prob_ai` (only when both sides are runs): PSI over the reference's quantile bins, and a two-sample KS
+  test (scipy); the shares of `ai` and `review` decisions;
+- input statistics (`monitor/inputs.py`, from a seeded sample of `monitor.input_sample` files per side): the
+  image side (sqrt(width * height); from every row of a run), the format shares, brightness, sharpness and
+  JPEG quality, and with a model (`--model`, else the current run's, else the reference run's; a run's
+  model is the one in its `_SUCCESS` manifest) the pooled backbone features' cosine distance to the
+  reference centroid and their first `monitor.embedding_components` principal components.
 
 Drift (`monitor:` settings): PSI of prob_ai above `max_psi`, or a KS p-value under `ks_alpha` with PSI
 above half of `max_psi` (large runs make KS alone fire on trivial shifts); a decision share moved by more
-than `max_share_change`; an input statistic's PSI above `max_input_psi`, or a format share moved by more
+than `max_share_change`; a numeric input's PSI above `max_input_psi`, or a format share moved by more
 than `max_share_change`.
 """
 
@@ -25,7 +29,8 @@ import pandas as pd
 from raydetect import storage
 from raydetect.config import MonitorSettings, Settings
 
-NUMERIC_INPUTS = ("side", "brightness", "sharpness")
+NUMERIC_INPUTS = ("side", "brightness", "sharpness", "jpeg_quality")
+RUN, DATASET = "run", "dataset"
 _EPS = 1e-4
 
 
@@ -40,13 +45,72 @@ class DriftReport:
         return {"drift": self.drift, "reasons": self.reasons, **self.figures}
 
 
-def scored_rows(uri: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: a scoring run's scored rows, or a dataset's manifest rows (`path`, ...)."""
+
+    uri: str
+    kind: str  # RUN | DATASET
+    rows: pd.DataFrame = field(repr=False)
+    model_uri: str | None = None  # the one model a run was scored with (its _SUCCESS manifest)
+
+    @property
+    def scored(self) -> bool:
+        return self.kind == RUN
+
+
+def scored_rows(uri: str, settings: Settings | None = None) -> pd.DataFrame:
     """The rows of a scoring run that carry a score (errors dropped)."""
     from raydetect.evaluate.report import load_predictions
 
-    rows = load_predictions(uri)
+    rows = load_predictions(uri, settings.storage if settings else None)
     ok = rows["prob_ai"].notna() & (rows["error"].isna() if "error" in rows else True)
     return rows[ok].reset_index(drop=True)
+
+
+def side_kind(uri: str, settings: Settings) -> str:
+    """RUN for a folder with a `_SUCCESS` manifest, or with Parquet parts and no dataset CSV; else DATASET."""
+    from raydetect.data.manifest import TEST_CSV, TRAIN_CSV
+    from raydetect.score import results
+
+    sset = settings.storage
+    if uri.endswith(".csv"):
+        return DATASET
+    if results.read_success(uri, sset) is not None:
+        return RUN
+    if any(storage.exists(storage.join(uri, name), sset) for name in (TRAIN_CSV, TEST_CSV)):
+        return DATASET
+    return RUN if results.list_parts(uri, sset) else DATASET
+
+
+def _dataset_rows(uri: str, settings: Settings) -> pd.DataFrame:
+    from raydetect.data.manifest import TEST_CSV, TRAIN_CSV, read_manifest
+
+    if not uri.endswith(".csv"):
+        return read_manifest(uri, split="auto", settings=settings)
+    root, _, name = storage.normalize(uri).rpartition("/")
+    if name not in (TRAIN_CSV, TEST_CSV):
+        raise ValueError(f"{uri}: a dataset manifest is a root's {TRAIN_CSV} or {TEST_CSV}")
+    return read_manifest(root, split="train" if name == TRAIN_CSV else "test", settings=settings)
+
+
+def _run_model(uri: str, settings: Settings) -> str | None:
+    from raydetect.score.results import read_success
+
+    models = (read_success(uri, settings.storage) or {}).get("models") or []
+    return str(models[0]["uri"]) if len(models) == 1 and models[0].get("uri") else None
+
+
+def read_side(uri: str, settings: Settings) -> Side:
+    """A scoring run or a dataset (see `side_kind`); raises ValueError when it has no rows."""
+    kind = side_kind(uri, settings)
+    if kind == RUN:
+        side = Side(uri, RUN, scored_rows(uri, settings), _run_model(uri, settings))
+    else:
+        side = Side(uri, DATASET, _dataset_rows(uri, settings))
+    if side.rows.empty:
+        raise ValueError(f"no {'scored rows' if side.scored else 'images'} in {uri}")
+    return side
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
@@ -71,39 +135,25 @@ def decision_shares(rows: pd.DataFrame) -> dict[str, float]:
     return {k: float(counts.get(k, 0.0)) for k in ("real", "ai", "review")}
 
 
-def file_statistics(paths: list[str], settings: Settings) -> pd.DataFrame:
-    """Format, brightness and sharpness of each readable file (unreadable ones are skipped)."""
-    from raydetect.data.content import grey_center, laplacian_ratio
-    from raydetect.data.images import sniff_format, try_decode
-
-    out = []
-    for path in paths:
-        try:
-            data = storage.read_bytes(path, settings.storage)
-        except OSError:
-            continue
-        image, _ = try_decode(data)
-        if image is None:
-            continue
-        grey = grey_center(image)
-        sharp = laplacian_ratio(grey) if min(grey.shape) >= 16 else np.nan
-        out.append({"format": sniff_format(data) or "unknown", "brightness": float(grey.mean()), "sharpness": sharp})
-    return pd.DataFrame(out, columns=["format", "brightness", "sharpness"])
+def _sample_paths(side: Side, settings: Settings) -> list[str]:
+    n = min(settings.monitor.input_sample, len(side.rows))
+    return side.rows["path"].astype(str).sample(n=n, random_state=settings.seed).tolist() if n else []
 
 
-def input_statistics(rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    """Per-row `side` from width/height, plus the file statistics of a seeded sample of rows."""
-    stats = pd.DataFrame({"side": np.sqrt(rows["width"].astype(float) * rows["height"].astype(float))})
-    n = min(settings.monitor.input_sample, len(rows))
-    if n and "path" in rows:
-        sample = rows["path"].astype(str).sample(n=n, random_state=settings.seed).tolist()
-        files = file_statistics(sample, settings)
-        stats = pd.concat([stats, files], axis=1)  # the file statistics fill the first rows only
-    return stats
+def side_inputs(side: Side, settings: Settings, embedder=None) -> tuple[dict[str, pd.Series], np.ndarray | None]:
+    """The input statistics of a side's sample (`monitor/inputs.py`) by name, and its features (or None).
+    A run's `side` comes from every row's width/height, a dataset's from the sample."""
+    from raydetect.monitor.inputs import sample_statistics
+
+    files, features = sample_statistics(_sample_paths(side, settings), settings, embedder)
+    sized = side.rows if side.scored and {"width", "height"} <= set(side.rows) else files
+    stats = {"side": np.sqrt(sized["width"].astype(float) * sized["height"].astype(float))}
+    stats.update({name: files[name] for name in ("format", "brightness", "sharpness", "jpeg_quality")})
+    return stats, features
 
 
 def _numeric(ref: pd.Series, cur: pd.Series, bins: int) -> dict[str, float]:
-    ref, cur = ref.dropna().to_numpy(float), cur.dropna().to_numpy(float)
+    ref, cur = pd.Series(ref).dropna().to_numpy(float), pd.Series(cur).dropna().to_numpy(float)
     if not len(ref) or not len(cur):
         return {}
     return {"psi": psi(ref, cur, bins), "reference_mean": float(ref.mean()), "current_mean": float(cur.mean())}
@@ -113,12 +163,11 @@ def _shares(values: pd.Series) -> dict[str, float]:
     return {str(k): float(v) for k, v in values.dropna().astype(str).value_counts(normalize=True).items()}
 
 
-def compare(reference: pd.DataFrame, current: pd.DataFrame, ref_inputs: pd.DataFrame, cur_inputs: pd.DataFrame,
-            m: MonitorSettings) -> DriftReport:
-    """The drift figures of two runs' scored rows and input statistics, and the reasons they drifted."""
+def _score_figures(reference: pd.DataFrame, current: pd.DataFrame, m: MonitorSettings,
+                   reasons: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """prob_ai's PSI / KS and the decision shares of two runs' scored rows; their reasons go to `reasons`."""
     from scipy.stats import ks_2samp
 
-    reasons: list[str] = []
     ref_p, cur_p = reference["prob_ai"].to_numpy(float), current["prob_ai"].to_numpy(float)
     ks = ks_2samp(ref_p, cur_p)
     prob = {"psi": psi(ref_p, cur_p, m.psi_bins), "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
@@ -130,35 +179,95 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, ref_inputs: pd.DataF
         change = shares["current"][kind] - shares["reference"][kind]
         if abs(change) > m.max_share_change:
             reasons.append(f"share of {kind}: {shares['reference'][kind]:.3f} -> {shares['current'][kind]:.3f}")
+    return prob, shares
+
+
+def _input_figures(ref_inputs: dict[str, Any], cur_inputs: dict[str, Any], m: MonitorSettings,
+                   reasons: list[str]) -> dict[str, Any]:
+    """Each numeric input's PSI and means, and the format shares; their reasons go to `reasons`."""
     inputs: dict[str, Any] = {}
-    for name in NUMERIC_INPUTS:
-        if name in ref_inputs and name in cur_inputs:
-            inputs[name] = _numeric(ref_inputs[name], cur_inputs[name], m.psi_bins)
-            if inputs[name].get("psi", 0.0) > m.max_input_psi:
-                reasons.append(f"input {name}: PSI {inputs[name]['psi']:.3f} (limit {m.max_input_psi})")
+    for name in ref_inputs.keys() & cur_inputs.keys() - {"format"}:
+        figures = _numeric(ref_inputs[name], cur_inputs[name], m.psi_bins)
+        if figures:
+            inputs[name] = figures
+            if figures["psi"] > m.max_input_psi:
+                reasons.append(f"input {name}: PSI {figures['psi']:.3f} (limit {m.max_input_psi})")
     if "format" in ref_inputs and "format" in cur_inputs:
         ref_f, cur_f = _shares(ref_inputs["format"]), _shares(cur_inputs["format"])
         change = max((abs(cur_f.get(k, 0.0) - ref_f.get(k, 0.0)) for k in {*ref_f, *cur_f}), default=0.0)
         inputs["format"] = {"reference": ref_f, "current": cur_f, "max_change": change}
         if change > m.max_share_change:
             reasons.append(f"input format: shares {ref_f} -> {cur_f}")
-    figures = {"n_reference": len(reference), "n_current": len(current), "prob_ai": prob, "decisions": shares,
-               "inputs": inputs}  # fmt: skip
+    return dict(sorted(inputs.items()))
+
+
+def compare(reference: Side, current: Side, ref_inputs: dict[str, Any], cur_inputs: dict[str, Any],
+            m: MonitorSettings) -> DriftReport:
+    """The drift figures of two sides and their input statistics, and the reasons they drifted. prob_ai and
+    the decision shares are compared only when both sides are scoring runs."""
+    reasons: list[str] = []
+    prob = shares = None
+    if reference.scored and current.scored:
+        prob, shares = _score_figures(reference.rows, current.rows, m, reasons)
+    inputs = _input_figures(ref_inputs, cur_inputs, m, reasons)
+    figures = {"reference_kind": reference.kind, "current_kind": current.kind, "n_reference": len(reference.rows),
+               "n_current": len(current.rows), "prob_ai": prob, "decisions": shares, "inputs": inputs}  # fmt: skip
     return DriftReport(bool(reasons), reasons, figures)
 
 
-def drift_between(reference_uri: str, current_uri: str, settings: Settings) -> DriftReport:
-    """Read two scoring runs and compare them (see the module doc)."""
-    reference, current = scored_rows(reference_uri), scored_rows(current_uri)
-    if reference.empty or current.empty:
-        raise ValueError(f"no scored rows in {reference_uri if reference.empty else current_uri}")
-    ref_inputs, cur_inputs = input_statistics(reference, settings), input_statistics(current, settings)
+def embedding_model(reference: Side, current: Side, model: str | None, settings: Settings) -> str | None:
+    """The model that embeds both samples: `model` (resolved), else the current run's, else the reference's."""
+    if not settings.monitor.embeddings:
+        return None
+    if model is not None:
+        from raydetect.registry import resolve_model_uri
+
+        return resolve_model_uri(model, settings)
+    return current.model_uri or reference.model_uri
+
+
+def _embedder(model_uri: str | None, settings: Settings) -> tuple[Any, str | None]:
+    """(Embedder or None, why there is none)."""
+    if model_uri is None:
+        return None, "no model: give --model, or compare runs scored by one model"
+    from raydetect.monitor.inputs import Embedder
+
+    try:
+        return Embedder(model_uri, settings), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _add_embeddings(ref_inputs: dict, cur_inputs: dict, ref_features, cur_features, settings: Settings) -> str | None:
+    """The embedding statistics into both sides' inputs; returns why they are missing, or None."""
+    from raydetect.monitor.inputs import embedding_statistics
+
+    if ref_features is None or cur_features is None or len(ref_features) < 2:
+        return "too few readable images to embed"
+    ref, cur = embedding_statistics(ref_features, cur_features, settings.monitor.embedding_components)
+    ref_inputs.update(ref)
+    cur_inputs.update(cur)
+    return None
+
+
+def drift_between(reference_uri: str, current_uri: str, settings: Settings, model: str | None = None) -> DriftReport:
+    """Read two sides (scoring runs or datasets) and compare them (see the module doc). `model`: a model
+    reference for the embeddings (default: the current run's model, else the reference run's)."""
+    reference, current = read_side(reference_uri, settings), read_side(current_uri, settings)
+    model_uri = embedding_model(reference, current, model, settings)
+    embedder, missing = _embedder(model_uri, settings) if settings.monitor.embeddings else (None, "switched off")
+    ref_inputs, ref_features = side_inputs(reference, settings, embedder)
+    cur_inputs, cur_features = side_inputs(current, settings, embedder)
+    if embedder is not None:
+        missing = _add_embeddings(ref_inputs, cur_inputs, ref_features, cur_features, settings)
     report = compare(reference, current, ref_inputs, cur_inputs, settings.monitor)
-    report.figures.update(reference=reference_uri, current=current_uri)
-    report.plots["prob_ai"] = (reference["prob_ai"], current["prob_ai"])
-    for name in NUMERIC_INPUTS:
-        if name in ref_inputs and name in cur_inputs:
-            report.plots[name] = (ref_inputs[name].dropna(), cur_inputs[name].dropna())
+    report.figures.update(reference=reference_uri, current=current_uri,
+                          embeddings={"model": model_uri if missing is None else None, "missing": missing})
+    if reference.scored and current.scored:
+        report.plots["prob_ai"] = (reference.rows["prob_ai"], current.rows["prob_ai"])
+    for name in report.figures["inputs"]:
+        if name != "format":
+            report.plots[name] = (pd.Series(ref_inputs[name]).dropna(), pd.Series(cur_inputs[name]).dropna())
     return report
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -61,11 +62,12 @@ class ModelSpec:
 def parse_models(
     model: str | Sequence[str] | None,
     weights: str | Sequence[float] | None = None,
-    card_loader: Callable[[str], ModelCard] = load_card,
+    card_loader: Callable[[str], ModelCard] | None = None,
     settings: Settings | None = None,
 ) -> ModelSpec:
-    """`"a,b"` (or a list) and `"2,1"` (or a list) -> a ModelSpec; cards are read, weights are not loaded.
-    Each model is a directory or a registry reference (`registry.resolve_model_uri`); None: the default."""
+    """`"a,b"` (or a list) and `"2,1"` (or a list) -> a ModelSpec; cards are read (`load_card` with the
+    settings' storage by default), weights are not loaded. Each model is a directory or a registry reference
+    (`registry.resolve_model_uri`); None: the default."""
     from raydetect.registry import resolve_model_uri
 
     refs = [None] if model is None else [m for m in (model.split(",") if isinstance(model, str) else model)
@@ -76,6 +78,7 @@ def parse_models(
         weights = [float(w) for w in weights.split(",") if w.strip()]
     uris = [resolve_model_uri(None if r is None else str(r), settings) for r in refs]
     w = normalized_weights(list(weights) if weights is not None else None, len(uris))
+    card_loader = card_loader or partial(load_card, storage_settings=settings.storage if settings else None)
     cards = [card_loader(u) for u in uris]
     return ModelSpec(uris, w, cards, combine_cards(cards, w))
 
@@ -161,6 +164,7 @@ def build_dataset(
             "members": spec.uris,
             "weights": spec.weights,
             "loader": loader,
+            "storage_settings": settings.storage,
             "device": settings.device,
             "precision": settings.precision,
             "num_threads": sc.torch_threads,
@@ -208,7 +212,7 @@ def score_run(
     split: str = "auto",
     settings: Settings | None = None,
     loader: Loader | None = None,
-    card_loader: Callable[[str], ModelCard] = load_card,
+    card_loader: Callable[[str], ModelCard] | None = None,
     num_gpus: float | None = None,
 ) -> dict[str, Any]:
     """Score `input_uri` into `output`/run=`run_id`/ and return the `_SUCCESS` manifest (also written).

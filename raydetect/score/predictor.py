@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from raydetect.config import StorageSettings
 from raydetect.data.images import decode_jpegs
 from raydetect.models.bundle import ModelCard, load_detector
 from raydetect.models.views import VIEWS_PREFIX, ViewPolicy, read_views, tensor_views
@@ -88,8 +89,9 @@ class Predictor:
 
     members: model URIs; weights: one per member (None = equal); loader: URI -> detector (has `.card`,
     `.policy` and `.predict_images(views) -> P(AI)`), default `load_detector(uri, device, view_mode,
-    precision)`; view_mode: None (each card's policy), `native` or `resize`; precision: the setting (auto |
-    fp32 | bf16 | fp16) the default loader passes on; num_threads: torch threads (0 = this node's cores /
+    precision, storage_settings)`; storage_settings: the config's `storage:` (as the decode stage's); view_mode:
+    None (each card's policy), `native` or `resize`; precision: the setting (auto | fp32 | bf16 | fp16) the
+    default loader passes on; num_threads: torch threads (0 = this node's cores /
     pool_size, the actor pool's maximum size); max_batch: views per forward pass; schema: the output schema
     (from `output_schema`), so every block has the same types.
     """
@@ -99,6 +101,7 @@ class Predictor:
         members: Sequence[str],
         weights: Sequence[float] | None = None,
         loader: Loader | None = None,
+        storage_settings: StorageSettings | None = None,
         device: str = "auto",
         precision: str = "auto",
         num_threads: int = 0,
@@ -108,7 +111,8 @@ class Predictor:
         max_batch: int = 32,
     ):
         torch.set_num_threads(num_threads if num_threads > 0 else auto_threads(pool_size))
-        loader = loader or partial(load_detector, device=device, view_mode=view_mode, precision=precision)
+        loader = loader or partial(load_detector, device=device, view_mode=view_mode, precision=precision,
+                                   storage_settings=storage_settings)
         self.max_batch = max_batch
         self.detectors = [loader(uri) for uri in members]
         self.weights = normalized_weights(weights, len(self.detectors))

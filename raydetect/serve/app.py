@@ -18,11 +18,13 @@ HTTP -> Serve proxy -> RayDetectAPI (FastAPI: auth, body limit, safe decode, cro
 - The model comes from (`raydetect.registry.resolve_model`): the builder's `model_uri` (a directory or a
   registry reference such as `models:/raydetect@production` or `production`), else `$RAYDETECT_MODEL_URI`,
   else `serve.model_uri` in the config, else the registry's `production` alias, else
-  `<workdir>/models/production`. A registry reference is resolved when the app is built, so `serve deploy`
-  after a promotion or rollback sends replicas a new `model_uri` and they reload in place; `/v1/model`
-  then names the registry version (`registry_version`, `model_ref`). A `models:/` reference written into
-  `user_config.model_uri` itself (serve_config.yaml) is looked up by each replica in `reconfigure`, in the
-  registry the builder's settings name: bumping `revision` then picks up a promotion or rollback in place.
+  `<workdir>/models/production`. A registry reference is resolved when the app is built (`serve.run`, or
+  a `serve deploy` whose import path or args changed); `/v1/model` names the registry version
+  (`registry_version`, `model_ref`). A `models:/` reference written into `user_config.model_uri` itself
+  (serve_config.yaml) is looked up by each replica in `reconfigure`, in the registry the builder's settings
+  name. An unchanged config file re-runs neither, so after a promotion or rollback `raydetect model deploy`
+  (serve/redeploy.py) writes the newly resolved directory and version into the running application's
+  `user_config` and deploys it again: the replicas reload in place (bumping `revision` by hand does too).
 
 `app_builder` is the `import_path` target of `serve_config.yaml` (`serve run` / `serve deploy`);
 `build_app(settings, model_uri)` is the Python entry point (tests, `raydetect serve`, benchmarks).
@@ -51,7 +53,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.concurrency import run_in_threadpool
 
-from raydetect.config import Settings, load_settings
+from raydetect.config import Settings, StorageSettings, load_settings
 from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
 from raydetect.models.views import ViewError, ViewPolicy, make_views
 from raydetect.registry import ResolvedModel, resolve_model
@@ -209,7 +211,8 @@ class DetectorModel:
     """One loaded detector per replica; dynamic batching of single-image calls."""
 
     def __init__(self, device: str = "auto", torch_threads: int | None = None, precision: str = "auto",
-                 registry_uri: str | None = None, explain: dict[str, Any] | None = None):
+                 registry_uri: str | None = None, explain: dict[str, Any] | None = None,
+                 storage_settings: StorageSettings | None = None):
         import torch
 
         from raydetect.config import ExplainSettings
@@ -219,6 +222,7 @@ class DetectorModel:
         self.device, self.torch_threads, self.precision = device, threads, precision
         self.registry_uri = registry_uri  # where user_config's `models:/` references are looked up
         self.explain_settings = ExplainSettings(**(explain or {}))  # LIME / KernelSHAP samples, superpixels
+        self.storage_settings = storage_settings  # the config's `storage:` (S3 endpoint) for the model's files
         self.detector = None
         self.model_uri: str | None = None
         self.revision: Any = None
@@ -243,7 +247,8 @@ class DetectorModel:
             raise ValueError("DetectorModel needs user_config.model_uri (a raydetect model directory)")
         uri, version, ref = self._resolve(config)
         if uri != self.model_uri or config.get("revision") != self.revision or self.detector is None:
-            detector = load_detector(uri, device=self.device, precision=self.precision)
+            detector = load_detector(uri, device=self.device, precision=self.precision,
+                                     storage_settings=self.storage_settings)
             with self._lock:
                 self.detector, self.model_uri, self.revision = detector, uri, config.get("revision")
                 self.registry_version, self.model_ref = version, ref
@@ -260,8 +265,10 @@ class DetectorModel:
         uri = str(config["model_uri"])
         if not uri.startswith("models:/"):
             return uri, config.get("registry_version"), config.get("model_ref")
-        overrides = {"tracking": {"mlflow_uri": self.registry_uri}} if self.registry_uri else None
-        resolved = resolve_model(uri, load_settings(overrides=overrides))
+        base = load_settings()
+        registry = base.tracking.model_copy(update={"mlflow_uri": self.registry_uri or base.tracking.mlflow_uri})
+        settings = base.model_copy(update={"tracking": registry, "storage": self.storage_settings or base.storage})
+        resolved = resolve_model(uri, settings)
         return resolved.uri, resolved.version, uri
 
     def _warm_up(self) -> None:
@@ -785,7 +792,8 @@ def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel |
         ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": _gpus_per_replica(settings)},
         user_config=user_config,
     ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision,
-           registry_uri=settings.mlflow_uri(), explain=settings.explain.model_dump())
+           registry_uri=settings.mlflow_uri(), explain=settings.explain.model_dump(),
+           storage_settings=settings.storage)
     ingress = RayDetectAPI.options(
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),

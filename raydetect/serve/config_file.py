@@ -29,7 +29,8 @@ HEADER = """\
 # - The model: DetectorModel.user_config.model_uri (a raydetect model directory, local or s3://; a relative
 #   path is relative to the replica's working directory, so use an absolute path or s3:// on a cluster).
 #   Edit user_config (model_uri, or `revision` to reload a moved alias; max_batch_size, batch_wait_timeout_s)
-#   and `serve deploy` again: replicas reload in place, without a restart.
+#   and `serve deploy` again: replicas reload in place, without a restart. After `raydetect model promote` /
+#   `rollback`, `raydetect model deploy --address <dashboard>` does that for the registry's new version.
 # - args: `config` (a raydetect YAML file) and `overrides` (section.key=value) feed the app builder.
 # - API key: set RAYDETECT_API_KEY (or RAYDETECT_API_KEY_FILE) in the replicas' environment, e.g. under
 #   runtime_env.env_vars, before exposing the port; every /v1 route then needs `Authorization: Bearer <key>`.

@@ -59,7 +59,7 @@ def start_local(settings: Settings | None = None, model_uri: str | None = None, 
 
     settings = settings or load_settings()
     resolved = resolve_model(model_uri, settings, must_exist=False, serve=True)
-    card = load_card(resolved.uri)  # fail fast, with the file's own error, before starting Ray
+    card = load_card(resolved.uri, settings.storage)  # fail fast, with the file's own error, before starting Ray
     host, port = settings.serve.host, settings.serve.port
     if not port_is_free(host, port):
         raise RuntimeError(f"port {port} on {host} is in use: pass another with --port (or stop what holds it)")

@@ -250,7 +250,7 @@ def train_detector(
         outcome = fit_recipe(run_id)
         if settings.train.leave_generator_out:
             outcome.generalisation = leave_generator_out(df, settings, k, folds, name)
-            save_beside_model(outcome.generalisation, outcome.model_uri, GENERALISATION_FILE)
+            save_beside_model(outcome.generalisation, outcome.model_uri, GENERALISATION_FILE, settings.storage)
         return outcome
 
     def fit_recipe(run_id: str | None) -> TrainOutcome:
@@ -258,7 +258,7 @@ def train_detector(
             from raydetect.train.probe import train_probe
 
             outcome = train_probe(df, settings, k, folds, name, output)
-            save_beside_model(outcome.predictions, outcome.model_uri, CV_PREDICTIONS_FILE)
+            save_beside_model(outcome.predictions, outcome.model_uri, CV_PREDICTIONS_FILE, settings.storage)
             outcome.mlflow_run_id = run_id
             if tracker is not None:
                 tracker.log_metrics({"cv_f1_mean": outcome.f1_mean, "cv_f1_std": outcome.f1_std})
@@ -275,8 +275,8 @@ def train_detector(
         if best.checkpoint_uri is not None:
             target = output or str(settings.workdir_path / "models" / name)
             cv_metrics = {"cv_f1_mean": f1_mean, "cv_f1_std": f1_std, "cv_folds": float(len(runs))}
-            model_uri = export_model(best.checkpoint_uri, target, cv_metrics, version=name)
-            save_beside_model(predictions, model_uri, CV_PREDICTIONS_FILE)
+            model_uri = export_model(best.checkpoint_uri, target, cv_metrics, settings.storage, version=name)
+            save_beside_model(predictions, model_uri, CV_PREDICTIONS_FILE, settings.storage)
         if tracker is not None:
             tracker.log_metrics({"cv_f1_mean": f1_mean, "cv_f1_std": f1_std})
             for metric in TABLE_METRICS:

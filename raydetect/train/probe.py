@@ -267,7 +267,7 @@ def train_probe(df: pd.DataFrame, settings: Settings, k: int, folds: list[int] |
     )  # fmt: skip
     if best["calibration"]:
         card = card.calibrated(best["calibration"])
-    model_uri = save_model(model, card, output or str(settings.workdir_path / "models" / name))
+    model_uri = save_model(model, card, output or str(settings.workdir_path / "models" / name), settings.storage)
     return TrainOutcome(runs=runs, table=cv_table(runs), folds=assigned, model_uri=model_uri, best_fold=best["fold"],
                         f1_mean=cv_metrics["cv_f1_mean"], f1_std=cv_metrics["cv_f1_std"],
                         wall_s=time.perf_counter() - start, predictions=predictions)  # fmt: skip

@@ -38,7 +38,7 @@ import pandas as pd
 
 from raydetect import storage
 from raydetect.cluster import connect
-from raydetect.config import Settings
+from raydetect.config import Settings, StorageSettings
 from raydetect.data.transforms import native_crop
 from raydetect.evaluate.calibration import calibrate_with
 from raydetect.models.backbones import default_normalization, weights_source
@@ -180,12 +180,12 @@ def write_validation(validation: Any, directory: str) -> None:
     frame.to_parquet(f"{directory}/{VALIDATION_FILE}", index=False)
 
 
-def read_validation(checkpoint_uri: str | None) -> pd.DataFrame | None:
+def read_validation(checkpoint_uri: str | None, storage_settings: StorageSettings | None = None) -> pd.DataFrame | None:
     """The validation predictions saved with a checkpoint (None for a checkpoint without them)."""
     uri = storage.join(checkpoint_uri, VALIDATION_FILE) if checkpoint_uri else None
-    if uri is None or not storage.exists(uri):
+    if uri is None or not storage.exists(uri, storage_settings):
         return None
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(uri, storage_settings)))
 
 
 def _training_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -460,7 +460,7 @@ def fit_fold(
     datasets = build_datasets(train_df, val_df, settings, settings.seed + 7919 * (fold or 0), views)
     storage_uri = storage_root(settings)
     filesystem, fs_path = storage.pyarrow_fs(storage_uri, settings.storage)
-    storage.makedirs(storage_uri)
+    storage.makedirs(storage_uri, settings.storage)
     resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -499,26 +499,25 @@ def fit_fold(
         wall_s=wall,
         stopped_early=bool(output.get("stopped_early", False)),
         params=params,
-        calibration=load_card(checkpoint_uri).calibration if checkpoint_uri else None,
-        predictions=read_validation(checkpoint_uri),
+        calibration=load_card(checkpoint_uri, settings.storage).calibration if checkpoint_uri else None,
+        predictions=read_validation(checkpoint_uri, settings.storage),
     )
 
 
 def export_model(
-    checkpoint_uri: str, output: str, extra_metrics: dict[str, float] | None = None, **card_updates: Any
+    checkpoint_uri: str,
+    output: str,
+    extra_metrics: dict[str, float] | None = None,
+    storage_settings: StorageSettings | None = None,
+    **card_updates: Any,
 ) -> str:
-    """Copy a checkpoint (a model directory) to `output`, merging `extra_metrics` / fields into its card."""
-    import json
+    """Copy a checkpoint (a model directory) to `output`, merging `extra_metrics` / fields into its card;
+    `storage_settings` (the config's `storage:`) for both ends."""
+    from raydetect.models.bundle import WEIGHTS_FILE, load_card, write_model_dir
 
-    from raydetect.models.bundle import CARD_FILE, WEIGHTS_FILE, load_card
-
-    card = load_card(checkpoint_uri)
+    card = load_card(checkpoint_uri, storage_settings)
     card.metrics = {**card.metrics, **(extra_metrics or {})}
     for key, value in card_updates.items():
         setattr(card, key, value)
-    storage.makedirs(output)
-    storage.write_bytes(
-        storage.join(output, WEIGHTS_FILE), storage.read_bytes(storage.join(checkpoint_uri, WEIGHTS_FILE))
-    )
-    storage.write_text(storage.join(output, CARD_FILE), json.dumps(asdict(card), indent=2))
-    return storage.normalize(output)
+    weights = storage.read_bytes(storage.join(checkpoint_uri, WEIGHTS_FILE), storage_settings)
+    return write_model_dir(output, weights, card, storage_settings)

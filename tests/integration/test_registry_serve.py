@@ -33,7 +33,7 @@ def test_serve_answers_with_the_production_version_and_follows_a_rollback(ray_cl
         assert info["model_uri"] == second
 
         assert registry.rollback(settings) == ("2", "1")
-        deploy(settings, "production")  # `serve deploy` again: a new user_config, reloaded in place
+        deploy(settings, "production")  # serve.run again: resolved anew (in place: test_serve_redeploy.py)
         wait_ready(url)
         after = httpx.get(f"{url}/v1/model", timeout=60).json()
         assert (after["registry_version"], after["version"], after["model_uri"]) == ("1", "m1", first)
