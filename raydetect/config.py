@@ -264,6 +264,7 @@ class MonitorSettings(_Section):
 
 class DemoSettings(_Section):
     train: dict[str, Any] | None = None  # `train:` keys the demo trains with instead (its recipe; defaults.yaml)
+    evaluate: dict[str, Any] | None = None  # `evaluate:` keys its report uses instead (cheaper attacks)
 
 
 class Settings(_Section):
@@ -287,9 +288,11 @@ class Settings(_Section):
     demo: DemoSettings = DemoSettings()
 
     def for_demo(self) -> Settings:
-        """These settings with `demo.train` over `train` (validated like any `train:` section)."""
+        """These settings with `demo.train` over `train` and `demo.evaluate` over `evaluate` (validated like
+        those sections)."""
         train = TrainSettings.model_validate({**self.train.model_dump(), **(self.demo.train or {})})
-        return self.model_copy(update={"train": train})
+        evaluate = EvaluateSettings.model_validate({**self.evaluate.model_dump(), **(self.demo.evaluate or {})})
+        return self.model_copy(update={"train": train, "evaluate": evaluate})
 
     @property
     def workdir_path(self) -> Path:

@@ -45,6 +45,7 @@ def test_the_demo_trains_its_own_recipe_over_train():
     assert (settings.train.recipe, settings.train.backbone, settings.train.input_filter) == (
         "probe", "clip_vit_b16_mid", "none")
     assert settings.train.probe_c == 0.05 and settings.train.epochs == 3  # the rest of `train:` stays
+    assert settings.evaluate.attacks == ["fgsm"] and settings.evaluate.robustness_sample == 120
     mine = load_settings(overrides=["demo.train.backbone=tinycnn"]).for_demo()
     assert (mine.train.backbone, mine.train.recipe) == ("tinycnn", "probe")  # deep-merged into demo.train
     assert load_settings(overrides=["demo.train=null"]).for_demo().train == load_settings().train
