@@ -51,13 +51,23 @@ def ensemble(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
+def best_ensemble(frames: dict[str, pd.DataFrame]) -> dict[str, object]:
+    """The mean-P(AI) ensemble of the subset (two members or more) with the highest mean F1 over the folds."""
+    from itertools import combinations
+
+    subsets = [c for n in range(2, len(frames) + 1) for c in combinations(frames, n)]
+    score = {s: fold_figures(ensemble({m: frames[m] for m in s}))["f1"].mean() for s in subsets}
+    chosen = max(score, key=score.get)
+    return summary_row("best ensemble(" + "+".join(chosen) + ")", ensemble({m: frames[m] for m in chosen}))
+
+
 def summary_row(name: str, frame: pd.DataFrame) -> dict[str, object]:
     folds = fold_figures(frame)
     row: dict[str, object] = {"recipe": name, "folds": len(folds), "n": len(frame)}
     for column in COLUMNS:
         values = folds[column].to_numpy(dtype=float)
-        row[column] = f"{np.nanmean(values):.3f} ± {np.nanstd(values, ddof=1):.3f}" if len(values) > 1 else (
-            f"{values[0]:.3f}")
+        row[column] = f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}" if len(values) > 1 else (
+            f"{values[0]:.3f}")  # the population std over folds, as `raydetect train` prints it
     return row
 
 
@@ -65,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="NAME=MODEL_DIR (a model directory written by raydetect train --cv)")
     parser.add_argument("--ensemble", default=None, help="comma-separated NAMEs to average (default: all of them)")
+    parser.add_argument("--best", action="store_true", help="also the subset of 2+ models with the best mean F1")
     parser.add_argument("--html", default=None, help="also write the table as a single-file HTML page")
     args = parser.parse_args(argv)
     frames = {}
@@ -75,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     members = args.ensemble.split(",") if args.ensemble else list(frames)
     if len(members) > 1:
         rows.append(summary_row("ensemble(" + "+".join(members) + ")", ensemble({m: frames[m] for m in members})))
+    if args.best and len(frames) > 2:
+        rows.append(best_ensemble(frames))
     table = pd.DataFrame(rows)
     print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
     if args.html:
