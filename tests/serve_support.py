@@ -140,3 +140,20 @@ def ray_log_dir() -> Path:
     import ray
 
     return Path(ray._private.worker._global_node.get_logs_dir_path())
+
+
+def wait_for_version(client, version: str, timeout_s: float = 180) -> dict:
+    """Poll `/v1/model` (an httpx.Client with the app's base_url) until `version` answers; its JSON."""
+    import httpx
+
+    deadline, info = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        try:
+            response = client.get("/v1/model")
+            info = response.json() if response.status_code == 200 else {}
+        except httpx.HTTPError:
+            info = {}
+        if info.get("version") == version:
+            return info
+        time.sleep(0.5)
+    raise TimeoutError(f"model version {version} never answered (last: {info})")

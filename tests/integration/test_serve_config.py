@@ -7,7 +7,6 @@ The deploy test goes through the same controller call as `serve run serve_config
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +20,7 @@ from tests.serve_support import (
     photo,
     serve_instance,
     settings_for_tests,
+    wait_for_version,
     wait_ready,
 )
 
@@ -79,21 +79,6 @@ def test_app_builder_takes_args_and_sets_serve_options(tmp_path: Path):
         app_builder({"overrides": ["serve.max_batch_size=64"]})
 
 
-def _wait_version(client: httpx.Client, version: str, timeout_s: float = 180) -> dict:
-    deadline = time.monotonic() + timeout_s
-    info: dict = {}
-    while time.monotonic() < deadline:
-        try:
-            response = client.get("/v1/model")
-            info = response.json() if response.status_code == 200 else {}
-        except httpx.HTTPError:
-            info = {}
-        if info.get("version") == version:
-            return info
-        time.sleep(0.5)
-    raise TimeoutError(f"model version {version} never showed up (last: {info})")
-
-
 @pytest.mark.slow
 @pytest.mark.ray
 def test_config_deploy_then_user_config_reload_without_restart(ray_cluster, tmp_path: Path):
@@ -119,7 +104,7 @@ def test_config_deploy_then_user_config_reload_without_restart(ray_cluster, tmp_
         client_api.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
         wait_ready(url)
         with httpx.Client(base_url=url, timeout=60) as client:
-            before = _wait_version(client, "1")
+            before = wait_for_version(client, "1")
             for data in images:
                 body = client.post("/v1/predict", content=data).json()
                 assert body["prob_ai"] == pytest.approx(direct_prediction(model1, data)[0], abs=1e-5)
@@ -129,7 +114,7 @@ def test_config_deploy_then_user_config_reload_without_restart(ray_cluster, tmp_
             new_cfg = next(d for d in edited["applications"][0]["deployments"] if d["name"] == "DetectorModel")
             new_cfg["user_config"].update(model_uri=model2, max_batch_size=1)
             client_api.deploy_apps(ServeDeploySchema.model_validate(edited), _blocking=True)
-            after = _wait_version(client, "2")
+            after = wait_for_version(client, "2")
             assert after["model_uri"] == model2 and after["image_size"] == 48 and after["max_batch_size"] == 1
             assert (after["replica"], after["pid"]) == (before["replica"], before["pid"])  # reconfigured in place
             assert after["ingress"] == before["ingress"]  # the ingress was not restarted either

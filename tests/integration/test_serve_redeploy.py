@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ import yaml
 
 from raydetect import registry
 from tests.ray_head import RAY
-from tests.serve_support import free_port, make_model, settings_for_tests
+from tests.serve_support import free_port, make_model, settings_for_tests, wait_for_version
 
 pytestmark = [pytest.mark.slow]
 
@@ -36,20 +35,6 @@ def _config(settings_file: Path, port: int) -> dict:
     model["autoscaling_config"].update(min_replicas=1, max_replicas=1)
     model["user_config"]["model_uri"] = REFERENCE
     return config
-
-
-def _wait_model(url: str, version: str, timeout_s: float = 180) -> dict:
-    deadline, info = time.monotonic() + timeout_s, {}
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(f"{url}/v1/model", timeout=10)
-            info = response.json() if response.status_code == 200 else {}
-        except httpx.HTTPError:
-            info = {}
-        if info.get("version") == version:
-            return info
-        time.sleep(0.5)
-    raise TimeoutError(f"model {version} never answered (last: {info})")
 
 
 def _raydetect(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -79,14 +64,14 @@ def test_model_deploy_after_a_rollback_reloads_the_same_replica(ray_head: tuple[
                               capture_output=True, text=True, timeout=120)  # fmt: skip
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     url = f"http://127.0.0.1:{port}"
-    before = _wait_model(url, "m2")
+    before = wait_for_version(httpx.Client(base_url=url, timeout=10), "m2")
     assert (before["registry_version"], before["model_ref"]) == ("2", REFERENCE)
 
     assert registry.rollback(settings) == ("2", "1")  # `raydetect model rollback`
     moved = _raydetect(env, "model", "deploy", *cli_flags)
     assert moved.returncode == 0 and "registry version 1" in moved.stdout, moved.stdout + moved.stderr[-3000:]
 
-    after = _wait_model(url, "m1")
+    after = wait_for_version(httpx.Client(base_url=url, timeout=10), "m1")
     assert (after["registry_version"], after["model_uri"], after["image_size"]) == ("1", first, 64)
     assert (after["replica"], after["pid"]) == (before["replica"], before["pid"])  # reconfigured, not restarted
     again = _raydetect(env, "model", "deploy", *cli_flags)  # the alias has not moved since: nothing to do
