@@ -14,12 +14,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from raydetect.config import Settings
 from raydetect.evaluate.metrics import CONDITION_METRICS, condition_metrics
 from raydetect.models.bundle import CV_PREDICTIONS_FILE, GENERALISATION_FILE, save_beside_model
+from raydetect.models.views import sigmoid
 from raydetect.train.trainer import (
     CALIBRATION_COLUMNS,
     FoldRun,
@@ -76,7 +76,7 @@ def out_of_fold(runs: list[FoldRun], assigned: pd.DataFrame) -> pd.DataFrame | N
         if run.predictions is None:
             continue
         frame = run.predictions.merge(assigned[columns], on="path", how="left").assign(fold=run.fold)
-        frame["prob_ai"] = 1.0 / (1.0 + np.exp(-frame["logit"].to_numpy(dtype=float)))
+        frame["prob_ai"] = sigmoid(frame["logit"].to_numpy(dtype=float))
         run.conditions = condition_metrics(frame)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else None

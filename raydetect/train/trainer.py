@@ -23,7 +23,6 @@ checkpoint_score_attribute="val_f1")` keeps only the best.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import statistics
@@ -182,10 +181,9 @@ def write_validation(validation: Any, directory: str) -> None:
 
 def read_validation(checkpoint_uri: str | None, storage_settings: StorageSettings | None = None) -> pd.DataFrame | None:
     """The validation predictions saved with a checkpoint (None for a checkpoint without them)."""
-    uri = storage.join(checkpoint_uri, VALIDATION_FILE) if checkpoint_uri else None
-    if uri is None or not storage.exists(uri, storage_settings):
-        return None
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(uri, storage_settings)))
+    from raydetect.models.bundle import read_beside_model
+
+    return read_beside_model(checkpoint_uri, VALIDATION_FILE, storage_settings) if checkpoint_uri else None
 
 
 def _training_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
