@@ -5,7 +5,9 @@
    own decode stage, `score.decode.decode_batch`) and run once through the frozen backbone on Ray Data
    (`FeatureExtractor` actors); a view's feature is what enters the backbone's classification head, an
    image's feature the mean over its views. Cached under <workdir>/features/ (keyed by backbone, weights,
-   input filter, view policy and the files' sha256), so other probe settings reuse them.
+   input filter, view policy, precision and the files' sha256), so other probe settings reuse them. The
+   forward pass runs at `precision` resolved for a CPU (bf16 autocast where the CPU has native bf16), as
+   the exported model is scored.
 2. per fold: scikit-learn `StandardScaler` + `LogisticRegression(C=train.probe_c)` fitted on the training
    folds, scored on the held-out fold (the same grouped folds as fine-tuning, the same metrics table).
 3. the model: the probe of the best fold, folded into the backbone's own head (scaler and logistic
@@ -33,6 +35,7 @@ from raydetect import storage
 from raydetect.config import Settings
 from raydetect.evaluate.calibration import calibrate_with
 from raydetect.models.backbones import build_backbone, default_normalization, head_module
+from raydetect.models.precision import autocast, resolve_precision
 from raydetect.models.views import ViewPolicy, map_views, normalize, read_views, sigmoid
 
 FEATURE_COLUMN = "features"
@@ -42,8 +45,11 @@ FEATURE_COLUMN = "features"
 
 
 @torch.inference_mode()
-def head_inputs(model: nn.Module, views: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """What the model's classification head receives for each uint8 NHWC view: (N, D) float32."""
+def head_inputs(
+    model: nn.Module, views: np.ndarray, mean: Sequence[float], std: Sequence[float], precision: str = "fp32"
+) -> np.ndarray:
+    """What the model's classification head receives for each uint8 NHWC view: (N, D) float32; the forward
+    pass under `precision`'s autocast (a resolved precision, models/precision.py), as scoring runs it."""
     head = head_module(model)
     if not isinstance(head, nn.Linear):
         raise ValueError(f"{type(model).__name__} has no linear classification head to probe")
@@ -52,17 +58,19 @@ def head_inputs(model: nn.Module, views: np.ndarray, mean: Sequence[float], std:
     handle = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
     try:
         x = normalize(views, mean, std, device).contiguous(memory_format=torch.channels_last)
-        model(x)
+        with autocast(precision, device):
+            model(x)
     finally:
         handle.remove()
     return captured[0].float().reshape(len(views), -1).cpu().numpy()
 
 
 def image_features(
-    model: nn.Module, images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float], max_batch: int = 32
+    model: nn.Module, images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float], max_batch: int = 32,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """One feature vector per image: the mean of its views' head inputs."""
-    per_view = map_views(lambda v: head_inputs(model, v, mean, std), images, max_batch)
+    per_view = map_views(lambda v: head_inputs(model, v, mean, std, precision), images, max_batch)
     return np.stack([f.mean(axis=0) for f in per_view]).astype(np.float32)
 
 
@@ -99,9 +107,11 @@ def set_head(model: nn.Module, weight: np.ndarray, bias: float) -> nn.Module:
 class FeatureExtractor:
     """`map_batches` callable: the decode stage's views -> `features` (list<float32>), per row."""
 
-    def __init__(self, backbone: str, weights: str, input_filter: str, policy: dict, threads: int = 1):
+    def __init__(self, backbone: str, weights: str, input_filter: str, policy: dict, threads: int = 1,
+                 precision: str = "fp32"):
         torch.set_num_threads(max(1, threads))
         self.model = build_backbone(backbone, weights, input_filter).eval().to(memory_format=torch.channels_last)
+        self.precision = precision
         self.mean, self.std = default_normalization(backbone)
         self.policy = ViewPolicy(**policy)
 
@@ -109,7 +119,8 @@ class FeatureExtractor:
         errors = table.column("error").to_pylist()
         views = read_views(table, self.policy)
         ok = [i for i, e in enumerate(errors) if e is None]
-        feats = image_features(self.model, [views[i] for i in ok], self.mean, self.std) if ok else None
+        feats = image_features(
+            self.model, [views[i] for i in ok], self.mean, self.std, precision=self.precision) if ok else None
         rows: list[list[float] | None] = [None] * table.num_rows
         for k, i in enumerate(ok):
             rows[i] = feats[k].tolist()
@@ -117,10 +128,17 @@ class FeatureExtractor:
         return keep.append_column(FEATURE_COLUMN, pa.array(rows, type=pa.list_(pa.float32())))
 
 
+def extraction_precision(settings: Settings) -> str:
+    """The precision the features are extracted at: `precision` resolved for the CPU actors, the same
+    resolution the exported model gets when it is scored on a CPU."""
+    return resolve_precision(settings.precision, "cpu")
+
+
 def _cache_uri(settings: Settings, policy: ViewPolicy, paths: Sequence[str]) -> str:
     t = settings.train
     digest = hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:16]
-    name = f"{t.backbone}-{t.weights.replace('/', '_')}-{t.input_filter}-{policy.key}-{digest}.parquet"
+    name = (f"{t.backbone}-{t.weights.replace('/', '_')}-{t.input_filter}-{policy.key}-"
+            f"{extraction_precision(settings)}-{digest}.parquet")
     return str(settings.workdir_path / "features" / name)
 
 
@@ -146,7 +164,8 @@ def extract_features(df: pd.DataFrame, settings: Settings, policy: ViewPolicy) -
     ds = ds.map_batches(
         FeatureExtractor,
         fn_constructor_kwargs={"backbone": t.backbone, "weights": t.weights, "input_filter": t.input_filter,
-                               "policy": policy.to_dict(), "threads": t.torch_threads or _threads(sc.max_actors)},
+                               "policy": policy.to_dict(), "threads": t.torch_threads or _threads(sc.max_actors),
+                               "precision": extraction_precision(settings)},
         batch_size=sc.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=sc.max_actors), num_cpus=sc.actor_num_cpus,
     )  # fmt: skip

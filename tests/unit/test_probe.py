@@ -40,6 +40,22 @@ def test_a_probe_written_into_the_head_gives_the_models_logits():
     assert pooled @ w + b == pytest.approx(float(logits.mean()), abs=1e-4)  # mean features == mean logits
 
 
+def test_features_are_extracted_at_the_precision_scoring_uses():
+    from raydetect.config import load_settings
+    from raydetect.train.probe import extraction_precision
+
+    torch.manual_seed(0)
+    model = build_backbone("tinycnn", "none").eval()
+    views = np.random.default_rng(2).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    fp32 = head_inputs(model, views, mean, std, "fp32")
+    bf16 = head_inputs(model, views, mean, std, "bf16")
+    assert not np.array_equal(fp32, bf16)  # autocast ran: bf16 rounds the convolutions' inputs
+    np.testing.assert_allclose(bf16, fp32, rtol=0.05, atol=0.05 * float(np.abs(fp32).max()))
+    assert extraction_precision(load_settings(overrides=["precision=fp32"])) == "fp32"
+    assert extraction_precision(load_settings(overrides=["precision=bf16"])) == "bf16"
+
+
 def test_leave_one_generator_out_trains_without_it_and_validates_on_it_and_the_real_images():
     import pandas as pd
 
