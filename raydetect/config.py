@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULTS_RESOURCE = "defaults.yaml"
-InputFilter = Literal["none", "npr"]  # what models/filters.py can put in front of a backbone's stem
+InputFilter = Literal["none", "npr", "dire"]  # what models/filters.py can put in front of a backbone's stem
 PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16"]  # forward-pass precision (models/precision.py)
 
 

@@ -136,16 +136,19 @@ def _tinycnn(weights: str) -> nn.Module:
     return TinyCNN()
 
 
-def build_backbone(name: str, weights: str = "none", input_filter: str = "none") -> nn.Module:
+def build_backbone(
+    name: str, weights: str = "none", input_filter: str = "none", filter_spec: dict | None = None
+) -> nn.Module:
     """A one-logit classifier. `weights`: imagenet | none | path to a state_dict (.pt/.pth) of a model built
-    with the same `input_filter` (`none` | `npr`, see filters.py: it sits in front of the stem)."""
+    with the same `input_filter` (`none` | `npr` | `dire`, see filters.py: it sits in front of the stem;
+    `dire` is built from `filter_spec`, a model card's `params["filter"]`)."""
     from raydetect.models.filters import add_input_filter, check_input_filter
 
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
     check_input_filter(input_filter)
     pretrained = weights if weights in ("imagenet", "none") else "none"
-    model = add_input_filter(_REGISTRY[name](pretrained), input_filter)
+    model = add_input_filter(_REGISTRY[name](pretrained), input_filter, filter_spec)
     if weights not in ("imagenet", "none"):
         load_state_dict_file(model, weights)
     return model
@@ -179,11 +182,14 @@ def head_module(model: nn.Module) -> nn.Module | None:
 
 
 def stem_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Everything but the classification head, for freezing the backbone in the first epochs (or all of
-    them: a linear probe)."""
+    """Everything but the classification head (and the frozen input filters, which never train), for
+    freezing the backbone in the first epochs (or all of them: a linear probe)."""
+    from raydetect.models.filters import frozen_parameters
+
     head = head_module(model)
-    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-    return [p for p in model.parameters() if id(p) not in head_ids]
+    skip = {id(p) for p in head.parameters()} if head is not None else set()
+    skip |= {id(p) for p in frozen_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in skip]
 
 
 def early_parameters(model: nn.Module, trainable_blocks: int | None) -> list[nn.Parameter]:

@@ -108,7 +108,7 @@ def load_model(
     uri: str, device: str | torch.device = "cpu", storage_settings: StorageSettings | None = None
 ) -> tuple[nn.Module, ModelCard]:
     card = load_card(uri, storage_settings)
-    model = build_backbone(card.backbone, "none", card.input_filter)
+    model = build_backbone(card.backbone, "none", card.input_filter, card.params.get("filter"))
     model.load_state_dict(load_weights(uri, storage_settings))
     return model.to(device).eval(), card
 

@@ -109,54 +109,58 @@ def predict_x0(output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor, 
     return (sample - (1 - alpha).sqrt() * output) / alpha.sqrt()
 
 
-class Reconstructor:
-    """x (NCHW in [-1, 1]) -> x̂ by the configured mode; `maps(views)` -> (x̂, |x - x̂|) for uint8 views."""
+class Reconstruction(nn.Module):
+    """The DIRE maths as a module: x (NCHW in [-1, 1]) -> x̂ by the configured mode, the same shape, clamped
+    to [-1, 1]. Runs in the dtype of its UNet, on the device of its input, and is differentiable (no
+    inference mode: the `dire` input filter, models/filters.py, runs it inside a CNN); `Reconstructor` wraps
+    it for the map jobs and `DireDetector`. The UNet is a submodule, so it moves and saves with the module."""
 
-    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], settings: DireSettings, device: Any = "cpu"):
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.unet = unet.to(self.device).eval()
-        if self.dtype != torch.float32:
-            self.unet = self.unet.half()
+    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], settings: DireSettings):
+        super().__init__()
+        self.unet = unet.eval()
         self.settings = settings
-        self.forward, self.inverse = _schedulers(scheduler_config, settings.steps)
-        self.prediction_type = self.forward.config.prediction_type
+        self.ddim, self.ddim_inverse = _schedulers(scheduler_config, settings.steps)
+        self.prediction_type = self.ddim.config.prediction_type
         self.multiple = 2 ** (len(self.unet.config.down_block_types) - 1)
         self.passes = unet_passes(settings)
-        self._noise: dict[tuple[int, int], torch.Tensor] = {}
+        self._noise: dict[tuple[int, int, str], torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> Reconstruction:
+        """Always in eval mode: the UNet is a fixed function of the image."""
+        return super().train(False)
 
     def _unet(self, sample: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        return self.unet(sample.to(self.dtype), t).sample.float()
+        dtype = next(self.unet.parameters()).dtype
+        return self.unet(sample.to(dtype), t).sample.float()
 
     def _ddim(self, x: torch.Tensor, steps: int) -> torch.Tensor:
         """Invert the first `steps` steps of the schedule, then reconstruct over the same steps."""
         sample = x
-        for t in self.inverse.timesteps[:steps]:
-            sample = self.inverse.step(self._unet(sample, t), t, sample).prev_sample
-        for t in self.forward.timesteps[len(self.forward.timesteps) - steps :]:
-            sample = self.forward.step(self._unet(sample, t), t, sample, eta=0.0).prev_sample
+        for t in self.ddim_inverse.timesteps[:steps]:
+            sample = self.ddim_inverse.step(self._unet(sample, t), t, sample).prev_sample
+        for t in self.ddim.timesteps[len(self.ddim.timesteps) - steps :]:
+            sample = self.ddim.step(self._unet(sample, t), t, sample, eta=0.0).prev_sample
         return sample
 
-    def noise(self, height: int, width: int) -> torch.Tensor:
+    def noise(self, height: int, width: int, device: Any = "cpu") -> torch.Tensor:
         """The one fixed noise field of `onestep` for this size (seeded, on the CPU, then moved)."""
-        if (height, width) not in self._noise:
+        key = (height, width, str(torch.device(device)))
+        if key not in self._noise:
             generator = torch.Generator().manual_seed(self.settings.seed)
-            self._noise[(height, width)] = torch.randn((1, 3, height, width), generator=generator).to(self.device)
-        return self._noise[(height, width)]
+            self._noise[key] = torch.randn((1, 3, height, width), generator=generator).to(device)
+        return self._noise[key]
 
     def _onestep(self, x: torch.Tensor) -> torch.Tensor:
-        total = self.forward.config.num_train_timesteps
+        total = self.ddim.config.num_train_timesteps
         t = int(min(total - 1, max(1, round(self.settings.noise_level * total))))
-        alpha = self.forward.alphas_cumprod[t].to(self.device, torch.float32)
-        noisy = alpha.sqrt() * x + (1 - alpha).sqrt() * self.noise(*x.shape[-2:])
+        alpha = self.ddim.alphas_cumprod[t].to(x.device, torch.float32)
+        noisy = alpha.sqrt() * x + (1 - alpha).sqrt() * self.noise(*x.shape[-2:], device=x.device)
         return predict_x0(self._unet(noisy, t), noisy, alpha, self.prediction_type)
 
-    @torch.inference_mode()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """x̂ of a batch x (NCHW float in [-1, 1]), the same shape, clamped to [-1, 1]."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
-        x = x.to(self.device, torch.float32)
+        x = x.float()
         if pad_h or pad_w:
             x = nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         if self.settings.mode == "onestep":
@@ -167,12 +171,45 @@ class Reconstructor:
             out = self._ddim(x, self.settings.steps)
         return out[..., :height, :width].clamp(-1, 1)
 
+
+def error_map(x: torch.Tensor, reconstruction: Reconstruction) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂, |x - x̂|) in [0, 1] image units for x NCHW in [0, 1], float32 NCHW: the one definition of a DIRE
+    map (`Reconstructor.maps` for the map jobs and `DireDetector`, the `dire` input filter for CNNs)."""
+    x = x.float()
+    recon = reconstruction(x * 2 - 1).add(1).div(2)
+    return recon, (x - recon).abs()
+
+
+class Reconstructor:
+    """`Reconstruction` on a device, in inference mode: x (NCHW in [-1, 1]) -> x̂; `maps(views)` -> (x̂,
+    |x - x̂|) for uint8 views."""
+
+    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], settings: DireSettings, device: Any = "cpu"):
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.module = Reconstruction(unet.to(self.device), scheduler_config, settings)
+        if self.dtype != torch.float32:
+            self.module.half()
+        self.unet, self.settings = self.module.unet, settings
+        self.forward, self.inverse = self.module.ddim, self.module.ddim_inverse
+        self.prediction_type, self.multiple, self.passes = (
+            self.module.prediction_type, self.module.multiple, self.module.passes,
+        )
+
+    def noise(self, height: int, width: int) -> torch.Tensor:
+        """The one fixed noise field of `onestep` for this size (seeded, on the CPU, then moved)."""
+        return self.module.noise(height, width, self.device)
+
+    @torch.inference_mode()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x̂ of a batch x (NCHW float in [-1, 1]), the same shape, clamped to [-1, 1]."""
+        return self.module(x.to(self.device, torch.float32))
+
+    @torch.inference_mode()
     def maps(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 NHWC views -> (x̂ in [0, 1], |x - x̂| in [0, 1]), float32 NHWC arrays of the views' shape."""
-        x = to_unit(views)
-        recon = self.reconstruct(x * 2 - 1).add(1).div(2).cpu()
-        error = (x - recon).abs()
-        return recon.permute(0, 2, 3, 1).numpy(), error.permute(0, 2, 3, 1).numpy()
+        recon, error = error_map(to_unit(views).to(self.device), self.module)
+        return recon.cpu().permute(0, 2, 3, 1).numpy(), error.cpu().permute(0, 2, 3, 1).numpy()
 
     def errors(self, views: np.ndarray) -> np.ndarray:
         return self.maps(views)[1]

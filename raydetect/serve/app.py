@@ -184,7 +184,7 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     backbone: str
-    input_filter: str = Field(description="filter inside the model in front of its stem: none | npr")
+    input_filter: str = Field(description="filter inside the model in front of its stem: none | npr | dire")
     image_size: int
     views: dict[str, Any] = Field(description="the view policy: how an image becomes the model's inputs")
     threshold: float

@@ -33,7 +33,9 @@ def train(
         typer.Option(help="imagenet (the backbone's pretrained weights: CLIP's, DINOv2's) | none | a state_dict."),
     ] = None,
     input_filter: Annotated[
-        str | None, typer.Option(help="none | npr (neighbouring-pixel residual in front of the stem).")
+        str | None,
+        typer.Option(help="none | npr (neighbouring-pixel residual in front of the stem) | dire (the DIRE map of "
+                          "the dire.diffusion UNet, see `raydetect dire fit-diffusion`)."),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per fold (early stopping may end sooner).")] = None,
     workers: Annotated[int | None, typer.Option(help="Ray Train workers (data-parallel).")] = None,
@@ -118,7 +120,7 @@ def tune(
         str, typer.Option(help="Comma-separated backbones to search.")
     ] = "efficientnet_lite0,resnet18",
     input_filters: Annotated[
-        str, typer.Option(help="Comma-separated input filters to search (none, npr).")
+        str, typer.Option(help="Comma-separated input filters to search (none, npr, dire).")
     ] = "none,npr",
     lr_min: Annotated[float, typer.Option(help="Learning rate range (log-uniform).")] = 1e-4,
     lr_max: Annotated[float, typer.Option()] = 3e-3,

@@ -107,6 +107,15 @@ def cosine_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What the optimiser gets: every parameter but those of frozen input filters (the DIRE UNet, which
+    gets no gradient and no weight decay)."""
+    from raydetect.models.filters import frozen_parameters
+
+    frozen = {id(p) for p in frozen_parameters(unwrap(model))}
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
 def set_stem_frozen(model: nn.Module, frozen: bool, trainable_blocks: int | None = None) -> None:
     """Freeze (or unfreeze) everything but the head; with `trainable_blocks` the parameters before the last
     N blocks stay frozen either way (backbones.early_parameters). Frozen BatchNorm layers stop updating their
@@ -356,7 +365,7 @@ def fit(
     """
     device = torch.device(device)
     seed_everything(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = (steps_per_epoch or 1) * config.epochs
     scheduler = cosine_schedule(optimizer, total_steps, config.warmup_steps, config.min_lr_ratio)
     if steps_per_epoch is None:  # unknown epoch length: step the cosine once per epoch instead

@@ -251,7 +251,12 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(worker_threads(cfg["num_threads"], context.get_local_world_size()))
     loop = LoopConfig.from_dict(cfg["loop"])
     seed_everything(loop.seed)
-    model = build_backbone(cfg["backbone"], cfg["weights"], cfg["input_filter"]).to(memory_format=torch.channels_last)
+    model = build_backbone(cfg["backbone"], cfg["weights"], cfg["input_filter"], cfg.get("filter_spec"))
+    if cfg.get("filter_spec"):  # the dire filter's UNet, read from the diffusion folder when training starts
+        from raydetect.models.filters import load_filter_unet
+
+        load_filter_unet(model, cfg["filter_spec"]["diffusion"])
+    model = model.to(memory_format=torch.channels_last)
     partly_frozen = loop.freeze_stem_epochs or loop.trainable_blocks
     ddp_kwargs = {"find_unused_parameters": True} if partly_frozen and world > 1 else None
     model = rtt.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
@@ -376,6 +381,21 @@ def loop_config(settings: Settings, **overrides: Any) -> LoopConfig:
     return LoopConfig.from_dict(values)
 
 
+def filter_spec(settings: Settings) -> dict[str, Any] | None:
+    """The `dire` input filter's spec for the card (filters.dire_filter_spec: the dire.diffusion UNet, or
+    <workdir>/dire/diffusion, with the dire.* reconstruction settings); None for the other filters."""
+    if settings.train.input_filter != "dire":
+        return None
+    from raydetect.dire.fit import default_diffusion_dir
+    from raydetect.models.filters import dire_filter_spec
+
+    source = default_diffusion_dir(settings)
+    if not storage.is_s3(source) and os.path.exists(source):
+        source = os.path.abspath(source)  # the workers read it (a diffusers id stays as it is)
+    mean, std = default_normalization(settings.train.backbone)
+    return dire_filter_spec(source, settings.dire, mean, std)
+
+
 def _checkpoint_uri(checkpoint: Any, storage_uri: str) -> str:
     path = str(checkpoint.path)
     return "s3://" + path.lstrip("/") if storage.is_s3(storage_uri) else path
@@ -429,10 +449,14 @@ def fit_fold(
         "fold": fold,
         **({"adv": train.adv, "adv_eps_255": train.adv_eps_255} if train.adv != "none" else {}),
     }
+    spec = filter_spec(settings)
+    if spec:
+        params["filter_diffusion"] = spec["diffusion"]
     cfg = {
         "backbone": train.backbone,
         "weights": train.weights,
         "input_filter": train.input_filter,
+        "filter_spec": spec,
         "batch_size": train.batch_size,
         "loop": loop.to_dict(),
         "views": views,
@@ -451,7 +475,7 @@ def fit_fold(
             "image_size": image_size(settings),
             "mean": list(mean),
             "std": list(std),
-            "params": params,
+            "params": {**params, **({"filter": spec} if spec else {})},
             "views": view_policy(settings).to_dict(),
         },
     }

@@ -57,15 +57,16 @@ def search_space(
     epochs: list[int] | None = None,
     input_filters: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Tune's search space over learning rate, weight decay, backbone, input filter (none | npr),
+    """Tune's search space over learning rate, weight decay, backbone, input filter (none | npr; dire when
+    asked for),
     augmentation strength and epochs."""
     from ray import tune
 
-    from raydetect.models.filters import INPUT_FILTERS, check_input_filter
+    from raydetect.models.filters import TUNE_FILTERS, check_input_filter
 
     backbones = backbones or ["efficientnet_lite0", "resnet18"]
     epochs = epochs or [3, 5, 8]
-    input_filters = [check_input_filter(f) for f in (input_filters or INPUT_FILTERS)]
+    input_filters = [check_input_filter(f) for f in (input_filters or TUNE_FILTERS)]
     return {
         "backbone": tune.choice(backbones),
         "input_filter": tune.choice(input_filters) if len(input_filters) > 1 else input_filters[0],

@@ -20,7 +20,7 @@ from raydetect.dire.fit import CARD_NAME, fit_diffusion, training_reals
 from raydetect.dire.maps import MAPS_DIR, dire_maps, read_features
 from raydetect.models.backbones import build_backbone
 from raydetect.models.bundle import ModelCard, load_card, load_detector, save_model
-from raydetect.models.dire import FEATURE_NAMES, DireDetector, decode_map
+from raydetect.models.dire import FEATURE_NAMES, DireDetector, decode_map, load_unet
 from raydetect.score import results
 from raydetect.score.pipeline import score_run
 from raydetect.score.predictor import CONTRACT_COLUMNS
@@ -111,3 +111,42 @@ def test_maps_job_resumes_without_duplicates_then_a_dire_model_scores_like_any_o
     )
     expected = 0.25 * cnn_direct + 0.75 * direct[0]
     assert abs(both.set_index("path").loc[ordered["path"].iloc[0], "prob_ai"] - expected) < 1e-5
+
+
+def test_a_cnn_on_dire_maps_trains_with_raydetect_train_and_scores_into_the_contract(fitted):
+    """`raydetect train --input-filter dire`: the existing Ray Train code on DIRE maps, exported as an
+    ordinary `kind: cnn` model directory carrying its UNet, scored by the batch pipeline."""
+    from raydetect.cli import app
+    from raydetect.models.filters import DireFilter
+
+    root, work, settings, diffusion = fitted
+    model = work / "dire-cnn"
+    args = [
+        "train", str(root), "--backbone", "tinycnn", "--weights", "none", "--input-filter", "dire", "--epochs", "1",
+        "--cv", "1", "--fold", "1", "--batch-size", "8", "--output", str(model),
+        *[a for item in TINY for a in ("--set", item)], "--set", f"dire.diffusion={diffusion}",
+        "--set", f"workdir={work / 'work'}", "--set", "images.size=32", "--set", "train.augment_strength=0",
+        "--set", f"tracking.mlflow_uri=sqlite:///{work / 'mlflow.db'}", "--set", "registry.auto_register=false",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    card = load_card(str(model))
+    assert card.kind == "cnn" and card.input_filter == "dire"
+    spec = card.params["filter"]
+    assert spec["dire"]["mode"] == "onestep" and spec["dire"]["noise_level"] == 0.2
+    assert spec["diffusion"] == str(diffusion)  # a record only: the UNet's weights are in weights.pt
+
+    manifest = score_run(str(root), str(model), str(work / "predictions"), "dire-cnn", settings=settings)
+    rows, broken = results.read_rows(str(work / "predictions" / "run=dire-cnn"))
+    assert not broken and manifest["counts"]["scored_this_run"] == 20
+    assert list(rows.columns[: len(CONTRACT_COLUMNS)]) == list(CONTRACT_COLUMNS)
+    assert rows["path"].is_unique and rows["error"].isna().all() and rows["prob_ai"].between(0, 1).all()
+
+    detector = load_detector(str(model), device="cpu")
+    assert any(isinstance(m, DireFilter) for m in detector.model.modules())
+    unet = next(m for m in detector.model.modules() if isinstance(m, DireFilter)).dire.unet
+    fitted_unet = load_unet(str(diffusion))[0].state_dict()
+    assert all(torch.equal(v, fitted_unet[k]) for k, v in unet.state_dict().items())  # the fitted UNet, frozen
+    path = rows.sort_values("path")["path"].iloc[0]
+    direct = detector.predict_image(decode_image(Path(path).read_bytes()))
+    assert abs(rows.set_index("path").loc[path, "prob_ai"] - direct) < 1e-5

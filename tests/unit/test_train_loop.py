@@ -241,7 +241,8 @@ def test_trial_settings_and_search_space() -> None:
     assert trial_settings(pinned, {}).train.torch_threads == 3
     space = search_space(backbones=["tinycnn"], epochs=[1, 2], augment=(0.5, 0.5))
     assert space["augment_strength"] == 0.5 and list(space["epochs"].categories) == [1, 2]
-    assert list(space["input_filter"].categories) == ["none", "npr"]  # both are searched by default
+    assert list(space["input_filter"].categories) == ["none", "npr"]  # searched by default (dire when asked)
+    assert search_space(input_filters=["dire"])["input_filter"] == "dire"
     assert search_space(input_filters=["npr"])["input_filter"] == "npr"
     with pytest.raises(ValueError, match="unknown input filter"):
         search_space(input_filters=["srm"])
