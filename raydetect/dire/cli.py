@@ -84,7 +84,8 @@ def fit_classifier_command(
         else:
             typer.echo(format_table(held, f"leave-{leave_out}-out"))
             held_mean = held[held["fold"] == "mean"].iloc[0]
-            metrics.update({f"leave_{leave_out}_out_{m}": float(held_mean[m]) for m in ("f1", "auc")})
+            metrics.update({f"leave_{leave_out}_out_{m}": float(held_mean[m])
+                            for m in ("f1", "auc", "ai_caught", "real_passed")})  # fmt: skip
     made_with = json.loads(storage.read_text(storage.join(maps, CONFIG_FILE), settings.storage))
     uri = export_model(
         features,

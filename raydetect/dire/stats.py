@@ -3,7 +3,8 @@ view's error statistics (`models.dire.error_features`), one logit per view, aver
 policy's `mean`, as `DireDetector` scores), with the project's grouped folds (`train.cv.fold_assignment`:
 ROOT/folds.parquet, else a seeded StratifiedGroupKFold), and a CV table in the CNNs' format
 (`train.cv.format_cv_table`). `leave_generator_out` trains without one generator's AI images and
-validates on them, fold by fold."""
+validates on them, fold by fold, with the share of its AI images caught and of the real images passed
+(P(AI) >= 0.5), as the CNNs' generalisation table (`train.cv.generalisation_table`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from raydetect.evaluate.metrics import binary_metrics
 from raydetect.models.dire import FEATURE_NAMES
 
 METRICS = ("accuracy", "precision", "recall", "f1", "auc")
+HELD_OUT = ("ai_caught", "real_passed")  # leave-one-generator-out rows only
 
 
 def usable(features: pd.DataFrame) -> pd.DataFrame:
@@ -51,8 +53,9 @@ def _metrics(scores: pd.DataFrame) -> dict[str, float]:
 
 def _with_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-fold rows, then `mean` and `std` rows (the CNNs' CV table layout)."""
-    mean = {"fold": "mean", **{m: frame[m].mean() for m in METRICS}}
-    std = {"fold": "std", **{m: frame[m].std(ddof=0) for m in METRICS}}
+    columns = [m for m in (*METRICS, *HELD_OUT) if m in frame.columns]
+    mean = {"fold": "mean", **{m: frame[m].mean() for m in columns}}
+    std = {"fold": "std", **{m: frame[m].std(ddof=0) for m in columns}}
     return pd.concat([frame.astype({"fold": object}), pd.DataFrame([mean, std])], ignore_index=True)
 
 
@@ -81,14 +84,22 @@ def leave_generator_out(features: pd.DataFrame, generator: str, c: float = 1.0) 
         val = rows[(rows["fold"] == fold) & (held | rows["label"].eq(0))]
         if val["label"].nunique() < 2:
             continue
-        table.append({"fold": int(fold), **_metrics(image_scores(fit_pipeline(train, c), val))})
+        scores = image_scores(fit_pipeline(train, c), val)
+        called_ai = scores["prob_ai"].to_numpy() >= 0.5
+        labels = scores["label"].to_numpy()
+        table.append({"fold": int(fold), **_metrics(scores), "ai_caught": float(called_ai[labels == 1].mean()),
+                      "real_passed": float((~called_ai[labels == 0]).mean())})  # fmt: skip
     return _with_summary(pd.DataFrame(table))
 
 
 def format_table(table: pd.DataFrame, title: str = "") -> str:
     from raydetect.train.cv import format_cv_table
 
-    return format_cv_table(table, title)
+    text = format_cv_table(table, title)
+    if all(c in table.columns for c in HELD_OUT) and (table["fold"] == "mean").any():
+        mean = table[table["fold"] == "mean"].iloc[0]
+        text += f"\nits AI images caught {mean['ai_caught']:.4f}, real images passed {mean['real_passed']:.4f}"
+    return text
 
 
 def export_model(features: pd.DataFrame, maps_config: dict, settings, uri: str, name: str = "dire", **card) -> str:

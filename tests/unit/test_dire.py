@@ -141,7 +141,7 @@ def test_dire_model_directory_loads_through_the_one_dispatch_point(tmp_path):
 def test_statistics_classifier_cv_and_leave_one_generator_out_tables():
     import pandas as pd
 
-    from raydetect.dire.stats import cross_validate, leave_generator_out
+    from raydetect.dire.stats import cross_validate, format_table, leave_generator_out
 
     rng = np.random.default_rng(0)
     rows = []
@@ -160,5 +160,9 @@ def test_statistics_classifier_cv_and_leave_one_generator_out_tables():
     assert table.loc[table["fold"] == "mean", "auc"].iloc[0] > 0.95
     held = leave_generator_out(features, "a")
     assert list(held["fold"])[-2:] == ["mean", "std"] and held.loc[held["fold"] == "mean", "auc"].iloc[0] > 0.9
+    per_fold = held[held["fold"].isin(range(5))]
+    assert per_fold["ai_caught"].between(0, 1).all() and per_fold["real_passed"].between(0, 1).all()
+    assert held.loc[held["fold"] == "mean", "ai_caught"].iloc[0] > 0.7  # a separable generator is caught
+    assert "AI images caught" in format_table(held) and "caught" not in format_table(table)
     with pytest.raises(ValueError, match="another generator"):
         leave_generator_out(features[features["generator"] != "b"], "a")
