@@ -68,11 +68,12 @@ def fit_classifier_command(
 
     from raydetect import storage
     from raydetect.dire.maps import CONFIG_FILE, read_features
-    from raydetect.dire.stats import cross_validate, export_model, format_table, leave_generator_out
+    from raydetect.dire.stats import cross_validate_oof, export_model, format_table, leave_generator_out
+    from raydetect.models.bundle import CV_PREDICTIONS_FILE, save_beside_model
 
     settings = settings_from(config, overrides)
     features = read_features(maps, settings)
-    table = cross_validate(features, settings.dire.classifier_c)
+    table, oof = cross_validate_oof(features, settings.dire.classifier_c)
     typer.echo(format_table(table, "DIRE statistics, grouped CV (image level)"))
     mean = table[table["fold"] == "mean"].iloc[0]
     metrics = {f"cv_{m}": float(mean[m]) for m in ("f1", "auc", "accuracy")}
@@ -96,4 +97,5 @@ def fit_classifier_command(
         version=version or datetime.now(UTC).strftime("dire-%Y%m%d%H%M%S"),
         metrics=metrics,
     )
+    save_beside_model(oof, uri, CV_PREDICTIONS_FILE, settings.storage)  # benchmarks/recipe_table.py reads it
     typer.echo(f"model: {uri}")

@@ -61,14 +61,28 @@ def _with_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 def cross_validate(features: pd.DataFrame, c: float = 1.0, exclude_train: pd.Series | None = None) -> pd.DataFrame:
     """Grouped k-fold CV over the `fold` column: per-fold metrics, then `mean` and `std` rows."""
+    return cross_validate_oof(features, c, exclude_train)[0]
+
+
+def cross_validate_oof(features: pd.DataFrame, c: float = 1.0, exclude_train: pd.Series | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """`cross_validate`'s table and its out-of-fold rows, one per image (path, fold, label, logit, prob_ai and
+    the images' `CARRIED` columns): the CNNs' `cv_predictions.parquet`, so `benchmarks/recipe_table.py` puts a
+    DIRE statistics model beside them and in their ensembles."""
+    from raydetect.train.cv import CARRIED
+
     rows = usable(features)
-    table = []
+    carried = [c for c in ("path", *CARRIED) if c in rows.columns]
+    per_image = rows.drop_duplicates(KEY).set_index(KEY)[carried]
+    table, oof = [], []
     for fold in sorted(rows["fold"].unique()):
         train, val = rows[rows["fold"] != fold], rows[rows["fold"] == fold]
         if exclude_train is not None:
             train = train[~exclude_train.reindex(train.index, fill_value=False)]
-        table.append({"fold": int(fold), **_metrics(image_scores(fit_pipeline(train, c), val))})
-    return _with_summary(pd.DataFrame(table))
+        scores = image_scores(fit_pipeline(train, c), val)
+        table.append({"fold": int(fold), **_metrics(scores)})
+        oof.append(scores.join(per_image, on=KEY).assign(fold=int(fold)))
+    return _with_summary(pd.DataFrame(table)), pd.concat(oof, ignore_index=True).drop(columns=[KEY])
 
 
 def leave_generator_out(features: pd.DataFrame, generator: str, c: float = 1.0) -> pd.DataFrame:

@@ -141,7 +141,8 @@ def test_dire_model_directory_loads_through_the_one_dispatch_point(tmp_path):
 def test_statistics_classifier_cv_and_leave_one_generator_out_tables():
     import pandas as pd
 
-    from raydetect.dire.stats import cross_validate, format_table, leave_generator_out
+    from raydetect.dire.stats import cross_validate, cross_validate_oof, format_table, leave_generator_out
+    from raydetect.evaluate.metrics import binary_metrics
 
     rng = np.random.default_rng(0)
     rows = []
@@ -149,7 +150,7 @@ def test_statistics_classifier_cv_and_leave_one_generator_out_tables():
         label, generator = (0, "real") if i % 2 == 0 else (1, "a" if i % 4 == 1 else "b")
         features = rng.normal(size=len(FEATURE_NAMES)) + (1.5 * label)  # every statistic shifts with the label
         for view in range(2):
-            rows.append({"key": f"k{i}", "label": label, "fold": (i // 2) % 5, "generator": generator,
+            rows.append({"key": f"k{i}", "path": f"train_data/{i}.png", "processing": "none", "label": label, "fold": (i // 2) % 5, "generator": generator,
                          "view": view, **dict(zip(FEATURE_NAMES, features + 0.1 * view, strict=True))})  # fmt: skip
     features = pd.DataFrame(rows)
 
@@ -158,6 +159,15 @@ def test_statistics_classifier_cv_and_leave_one_generator_out_tables():
     per_fold = table[table["fold"].isin(range(5))]
     assert (per_fold["n"] == 12).all()  # image level: the two views of an image are one prediction
     assert table.loc[table["fold"] == "mean", "auc"].iloc[0] > 0.95
+    same, oof = cross_validate_oof(features)  # out-of-fold rows: one per image, each in its own fold
+    pd.testing.assert_frame_equal(same, table)
+    assert sorted(oof["path"]) == sorted(features["path"].unique()) and oof["path"].is_unique
+    first = features.drop_duplicates("key").set_index("path")
+    assert (oof["fold"].to_numpy() == first.loc[oof["path"], "fold"].to_numpy()).all()
+    assert {"generator", "processing", "logit", "prob_ai"} <= set(oof.columns)
+    fold0 = oof[oof["fold"] == 0]  # the rows reproduce the table's per-fold figure
+    auc0 = binary_metrics(fold0["label"].to_numpy(), fold0["prob_ai"].to_numpy())["auc_roc"]
+    assert auc0 == pytest.approx(table.loc[table["fold"] == 0, "auc"].iloc[0])
     held = leave_generator_out(features, "a")
     assert list(held["fold"])[-2:] == ["mean", "std"] and held.loc[held["fold"] == "mean", "auc"].iloc[0] > 0.9
     per_fold = held[held["fold"].isin(range(5))]
