@@ -10,7 +10,10 @@ the same image through the direct model call (decode + preprocess + forward, in 
 count as the replica) interleaved one-for-one with HTTP calls at concurrency 1, so both see the same load.
 On a shared machine wall-clock figures move with the neighbours' load, so the CPU time each process spends
 per request (load generator, Serve proxy, ingress, model replica, controller; from /proc) is printed too:
-it does not depend on how busy the machine is.
+it does not depend on how busy the machine is. The overhead's breakdown comes from the ingress's
+`Server-Timing` header: proxy + HTTP, the ingress's read/decode and the rest of its work, the handle call to
+`@serve.batch` (with its batch wait), the coalescer's wait, the model, and the reply hop.
+`--preprocess-on model` has the model replica decode the JPEG (`serve.preprocess_on`).
 
     .venv/bin/python benchmarks/serve_load.py                  # resnet18 (random weights), 224 px, 2 rounds,
                                                                # the model replica on all cores (--torch-threads)
@@ -138,20 +141,47 @@ def _paired_overhead(url: str, data: bytes, model_uri: str, threads: int, pairs:
         end = time.perf_counter()
         return end - start, end - mid
 
-    direct_ms, forward_ms, http_ms = [], [], []
+    direct_ms, forward_ms, http_ms, stages = [], [], [], []
     with httpx.Client(base_url=url, timeout=300) as client:
         for i in range(pairs + 2):
             full, forward = direct()
             start = time.perf_counter()
-            assert client.post("/v1/predict", content=data, headers={"Content-Type": "image/jpeg"}).status_code == 200
+            response = client.post("/v1/predict", content=data, headers={"Content-Type": "image/jpeg"})
             http = time.perf_counter() - start
+            assert response.status_code == 200, response.text
             if i >= 2:  # the first pairs warm up
                 direct_ms.append(1000 * full)
                 forward_ms.append(1000 * forward)
                 http_ms.append(1000 * http)
+                stages.append({**_server_timing(response.headers.get("server-timing", "")),
+                               "client->ingress->client": 1000 * http})
     diffs = [h - d for h, d in zip(http_ms, direct_ms, strict=True)]
     return {"direct_p50_ms": statistics.median(direct_ms), "forward_p50_ms": statistics.median(forward_ms),
-            "http_p50_ms": statistics.median(http_ms), "overhead_p50_ms": statistics.median(diffs)}
+            "http_p50_ms": statistics.median(http_ms), "overhead_p50_ms": statistics.median(diffs),
+            "breakdown_p50_ms": _breakdown(stages)}
+
+
+def _server_timing(header: str) -> dict[str, float]:
+    """The ingress's `Server-Timing` header as {stage: ms}."""
+    parts = (part.split(";dur=") for part in header.split(", ") if ";dur=" in part)
+    return {name: float(ms) for name, ms in parts}
+
+
+def _breakdown(stages: list[dict[str, float]]) -> dict[str, float]:
+    """Median milliseconds per hop of a c=1 request (Server-Timing, nested): proxy and HTTP = the client's
+    latency minus the ingress's time; the ingress's own = its time minus read/decode and the handle call; the
+    handle hop = the call minus the time to the batch, the coalescer wait and the model."""
+    if not stages or "ingress" not in stages[0]:
+        return {}
+    rows = [{
+        "proxy + HTTP": t["client->ingress->client"] - t["ingress"],
+        "ingress: auth + read + decode + views": t["read-decode"],
+        "handle call -> @serve.batch (incl. batch wait)": t.get("to-batch", 0.0),
+        "coalescer wait (model busy)": t.get("coalesce", 0.0),
+        "model (decode if there, forward)": t["model"],
+        "model -> ingress (reply hop)": t["handle"] - t.get("to-batch", 0.0) - t.get("coalesce", 0.0) - t["model"],
+    } for t in stages]
+    return {name: statistics.median(row[name] for row in rows) for name in rows[0]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -167,9 +197,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-s", type=float, default=0.01)
     parser.add_argument("--replica-cpus", type=float, default=1.0)
+    parser.add_argument("--preprocess-on", default="auto", choices=("auto", "ingress", "model"),
+                        help="serve.preprocess_on: where JPEGs are decoded and cut into views")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch threads in the model replica (0: this machine's cores, as on a dedicated node)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
+    parser.add_argument("--throughput-optimized", action="store_true",
+                        help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 on the local cluster (direct ingress: no proxy hop, "
+                             "gRPC between replicas)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     args.torch_threads = args.torch_threads or os.cpu_count() or 1
@@ -195,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
             "min_replicas": 1, "max_replicas": 1, "replica_num_cpus": args.replica_cpus,
             "torch_threads": args.torch_threads, "max_ongoing_requests": max(32, 2 * args.max_batch_size),
             "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s,
-            "audit_log": str(tmp / "audit.jsonl"),
+            "audit_log": str(tmp / "audit.jsonl"), "preprocess_on": args.preprocess_on,
         },
     })
     settings_file = tmp / "raydetect.yaml"
@@ -215,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
         }]})
 
     os.environ.pop("RAY_ADDRESS", None)
+    if args.throughput_optimized:  # read by Serve's processes at start: the cluster started below inherits it
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     with socket.socket() as sock:
@@ -288,6 +325,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"Serve overhead ({mode}, c=1, {args.pairs} interleaved pairs): HTTP p50 {figures['http_p50_ms']:.1f} ms "
               f"vs direct call p50 {figures['direct_p50_ms']:.1f} ms (forward {figures['forward_p50_ms']:.1f} ms) "
               f"-> +{figures['overhead_p50_ms']:.1f} ms per request")
+    for mode, figures in overhead.items():
+        print(f"where a c=1 request's milliseconds go ({mode}, median of {args.pairs}; Server-Timing):")
+        for name, ms in figures["breakdown_p50_ms"].items():
+            print(f"  {name:<48} {ms:7.2f} ms")
     print(f"dynamic batching at c={top}: {on:.2f} vs {off:.2f} req/s = {summary['batching_speedup']:.2f}x "
           f"(target >= 1.5x)")
     print(f"load average after: {summary['load_after']:.1f}")

@@ -229,6 +229,9 @@ class ServeSettings(_Section):
     ingress_num_cpus: float = Field(0.25, ge=0)
     drain_timeout_s: float = Field(30.0, ge=0)  # `raydetect serve` on SIGTERM / Ctrl-C: wait for requests in flight
     max_overlay_pixels: int = Field(16_000_000, gt=0)  # explain overlays larger than this are scaled down
+    # JPEG decode + views: ingress (the HTTP replica, PIL) | model (the model replica, batched, on its device:
+    # nvJPEG + tensor ops on a GPU) | auto (model when model replicas get a GPU, else ingress)
+    preprocess_on: Literal["auto", "ingress", "model"] = "auto"
 
 
 class GateSettings(_Section):

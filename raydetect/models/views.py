@@ -185,6 +185,14 @@ def tensor_views(image: torch.Tensor, policy: ViewPolicy) -> torch.Tensor:
     return views.contiguous()
 
 
+def device_views(detector, image: torch.Tensor):
+    """The views a detector takes of an image decoded on its device (`decode_jpegs`; GPU preprocessing in the
+    scoring actors and Serve's model replicas): tensors there for a detector that takes them
+    (`Detector.takes_tensors`), uint8 arrays for one that does not (DIRE). Raises `ViewError` as `make_views`."""
+    views = tensor_views(image, detector.policy)
+    return views if getattr(detector, "takes_tensors", False) else views.cpu().numpy()
+
+
 def _reflect_pad(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
     """np.pad(mode="reflect") at the bottom / right of NCHW `x`, in steps shorter than the side (as numpy)."""
     import torch

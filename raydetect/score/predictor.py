@@ -26,7 +26,7 @@ import torch
 from raydetect.config import StorageSettings
 from raydetect.data.images import decode_jpegs
 from raydetect.models.bundle import ModelCard, load_detector
-from raydetect.models.views import VIEWS_PREFIX, ViewPolicy, read_views, tensor_views
+from raydetect.models.views import VIEWS_PREFIX, ViewPolicy, device_views, read_views
 from raydetect.score.decision import combine_cards, decide_all, normalized_weights
 from raydetect.score.decode import ERROR, HEIGHT, JPEG, VIEWS, WIDTH
 
@@ -75,13 +75,6 @@ def auto_threads(max_actors: int, cpu_count: int | None = None) -> int:
     import os
 
     return max(1, (cpu_count or os.cpu_count() or 1) // max(1, max_actors))
-
-
-def _device_views(detector: DetectorLike, image: torch.Tensor) -> Any:
-    """The views of an image decoded on the actor's device: tensors there for a detector that takes them
-    (`Detector`), uint8 arrays for one that does not (DIRE)."""
-    views = tensor_views(image, detector.policy)
-    return views if getattr(detector, "takes_tensors", False) else views.cpu().numpy()
 
 
 class Predictor:
@@ -152,7 +145,7 @@ class Predictor:
         rows = np.flatnonzero(valid)
         for detector, weight in zip(self.detectors, self.weights, strict=True):
             views = read_views(table, detector.policy)
-            images = [_device_views(detector, on_device[i]) if i in on_device else views[i] for i in rows]
+            images = [device_views(detector, on_device[i]) if i in on_device else views[i] for i in rows]
             p = detector.predict_images(images, self.max_batch)
             total += weight * np.asarray(p, dtype=np.float64).reshape(-1)
         probs[valid] = total

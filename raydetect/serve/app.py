@@ -10,7 +10,11 @@ HTTP -> Serve proxy -> RayDetectAPI (FastAPI: auth, body limit, safe decode, cro
   "request_id"}`; it never fetches URLs. It sends the model the image's `uint8` views, cut by the model's
   view policy (`raydetect.models.views`, the same function batch scoring uses: native-resolution tiles, or
   the legacy resized crop), so the model gets what it was validated on and a batch crosses the process
-  boundary as views, not as decoded photos.
+  boundary as views, not as decoded photos. With `serve.preprocess_on: model` (auto: when model replicas get
+  a GPU) the ingress only checks a JPEG's header (`data.images.deferrable_jpeg`) and sends its bytes: the model
+  replica decodes each batch at once on its device (`decode_jpegs`, batched nvJPEG on CUDA) and cuts the same
+  views with tensor ops (`views.device_views`), as batch scoring's `score.preprocess_on` does; other formats,
+  rotated or CMYK JPEGs and `/v1/explain` (which draws on the image) still decode in the ingress.
 - `DetectorModel` loads the model directory (`raydetect.models.bundle`) once per replica from
   `user_config["model_uri"]`; changing `user_config` (a new `model_uri`, or a new `revision` for a moved
   alias) reloads it in place through `reconfigure`, without restarting replicas. `max_batch_size` and
@@ -54,8 +58,15 @@ from ray.serve.handle import DeploymentHandle
 from starlette.concurrency import run_in_threadpool
 
 from raydetect.config import Settings, StorageSettings, load_settings
-from raydetect.data.images import DecodeLimits, ImageDecodeError, decode_image, sha256_hex
-from raydetect.models.views import ViewError, ViewPolicy, make_views
+from raydetect.data.images import (
+    DecodeLimits,
+    ImageDecodeError,
+    decode_image,
+    decode_jpegs,
+    deferrable_jpeg,
+    sha256_hex,
+)
+from raydetect.models.views import ViewError, ViewPolicy, device_views, make_views
 from raydetect.registry import ResolvedModel, resolve_model
 from raydetect.serve.coalesce import Coalescer
 from raydetect.serve.drain import AdmissionGate
@@ -108,6 +119,26 @@ def _decode_and_views(data: bytes, limits: DecodeLimits, policy: ViewPolicy | No
     """Safe decode, then the model's views when its policy is known (one worker-thread hop)."""
     image = decode_image(data, limits)
     return image, model_views(image, policy)
+
+
+@dataclass(frozen=True)
+class DeferredJpeg:
+    """A JPEG whose decoding is left to the model replica (`serve.preprocess_on: model`): its header's size."""
+
+    width: int
+    height: int
+
+
+def deferred_item(data: bytes, limits: DecodeLimits) -> tuple[DeferredJpeg, dict[str, Any]] | None:
+    """(stand-in image, model item) for a JPEG the model replica may decode itself; None: decode it here."""
+    size = deferrable_jpeg(data, limits)
+    return None if size is None else (DeferredJpeg(*size), {"jpeg": data, "size": size})
+
+
+def decode_error(message: str, rid: str) -> ApiError:
+    """The 4xx of a "reason: detail" decode failure (the ingress's own, or one the model replica answered)."""
+    reason, _, detail = message.partition(": ")
+    return ApiError(DECODE_STATUS.get(reason, 422), reason, detail or message, rid)
 
 
 class ApiError(Exception):
@@ -194,6 +225,7 @@ class ModelInfo(BaseModel):
     model_uri: str
     registry_version: str | None = Field(None, description="the registry version answering, when from the registry")
     precision: str = Field(description="forward-pass precision the replica runs: fp32 | bf16 | fp16")
+    preprocess_on: str = Field(description="where JPEGs are decoded and cut into views: ingress | model")
 
 
 def _replica_id() -> str:
@@ -233,6 +265,7 @@ class DetectorModel:
         self.batches = 0  # forward passes of predict, and the images they carried (dynamic batching at work)
         self.batched_images = 0
         self.largest_batch = 0
+        self.jpegs_decoded = 0  # JPEGs this replica decoded itself (`serve.preprocess_on: model`)
         self._coalescer = Coalescer(self._predict_sync, lambda: self.predict._get_max_batch_size())
         logging.getLogger("ray.serve").addFilter(_DropConcurrentBatchesWarning())
 
@@ -273,10 +306,18 @@ class DetectorModel:
 
     def _warm_up(self) -> None:
         """One prediction and the Grad-CAM imports now, so the first caller does not pay for them."""
+        import io
+
         import pytorch_grad_cam  # noqa: F401 - imports cv2/scipy: seconds, once
+        from PIL import Image
 
         policy = self.detector.policy
-        self._predict_sync([{"key": policy.key, "views": np.zeros((1, policy.size, policy.size, 3), np.uint8)}])
+        jpeg = io.BytesIO()
+        Image.new("RGB", (policy.size, policy.size), (128, 128, 128)).save(jpeg, format="JPEG")
+        decoded = self.jpegs_decoded
+        self._predict_sync([{"key": policy.key, "views": np.zeros((1, policy.size, policy.size, 3), np.uint8)},
+                            {"jpeg": jpeg.getvalue(), "size": (policy.size, policy.size)}])  # decode path too
+        self.jpegs_decoded = decoded  # callers' JPEGs only
 
     def check_health(self) -> None:
         if self.detector is None:
@@ -314,24 +355,52 @@ class DetectorModel:
             "batches": self.batches,
             "batched_images": self.batched_images,
             "largest_batch": self.largest_batch,
+            "jpegs_decoded": self.jpegs_decoded,
         }
 
+    def _inputs(self, detector, items: list[dict[str, Any]]) -> tuple[dict[int, Any], dict[int, dict[str, Any]]]:
+        """The model's views of each item it can score, by index, and the answers of the others: views cut for
+        another policy are `stale`; JPEGs left to this replica are decoded here in one batch (on the model's
+        device) and cut with its policy, a bad one answering its decode error."""
+        views: dict[int, Any] = {}
+        answers: dict[int, dict[str, Any]] = {}
+        deferred = [i for i, item in enumerate(items) if "jpeg" in item]
+        blobs, sizes = [items[i]["jpeg"] for i in deferred], [tuple(items[i]["size"]) for i in deferred]
+        self.jpegs_decoded += len(deferred)
+        for i, image in zip(deferred, decode_jpegs(blobs, sizes, detector.device) if deferred else [], strict=True):
+            if isinstance(image, str):  # "reason: detail", as the ingress's decoder says it
+                answers[i] = {"error": image}
+                continue
+            try:
+                views[i] = device_views(detector, image)
+            except ViewError as exc:
+                answers[i] = {"error": str(exc)}
+        for i, item in enumerate(items):
+            if "jpeg" not in item:
+                if item["key"] == detector.policy.key:
+                    views[i] = item["views"]
+                else:
+                    answers[i] = {"stale": True, "views_key": detector.policy.key}
+        return views, answers
+
     def _predict_sync(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        started, clock = time.time(), time.perf_counter()
         with self._lock:
             detector = self.detector
             card = detector.card
-            key = detector.policy.key
-            out: list[dict[str, Any]] = [{"stale": True, "views_key": key} for _ in items]
-            good = [i for i, item in enumerate(items) if item["key"] == key]
+            inputs, answers = self._inputs(detector, items)
+            out: list[dict[str, Any]] = [answers.get(i, {}) for i in range(len(items))]
+            good = sorted(inputs)
             if good:
-                views = [items[i]["views"] for i in good]
+                views = [inputs[i] for i in good]
                 probs = detector.predict_images(views, max_batch=max(self.predict._get_max_batch_size(), 1))
                 self.batches += 1
                 self.batched_images += len(good)
                 self.largest_batch = max(self.largest_batch, len(good))
                 for i, prob in zip(good, probs, strict=True):
-                    out[i] = _result(card, float(prob), len(items[i]["views"]))
-            return [dict(item, batch_size=len(good)) for item in out]
+                    out[i] = _result(card, float(prob), len(inputs[i]))
+            model_ms = 1000 * (time.perf_counter() - clock)  # lock wait + decode (model-side) + forward
+            return [dict(item, batch_size=len(good), model_started_at=started, model_ms=model_ms) for item in out]
 
     @serve.batch(
         max_batch_size=DEFAULT_MAX_BATCH_SIZE,
@@ -341,11 +410,19 @@ class DetectorModel:
     async def predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """P(AI) for one image's views (`model_views`: `{"key", "views"}`); `{"stale": True}` when the views
         were cut for another view policy than the current model's, e.g. right after a reload: the caller
-        cuts them again and retries.
+        cuts them again and retries. Or for a JPEG's bytes (`deferred_item`: `{"jpeg", "size"}`), decoded and
+        cut here; `{"error": "reason: detail"}` when it cannot be.
 
         Serve's batches wait in the Coalescer while the model is busy; each forward pass then takes all
         that waits, up to `max_batch_size` images (1 turns batching off: one image per forward pass)."""
-        return await self._coalescer.submit(items)
+        entered = time.time()
+        results = await self._coalescer.submit(items)
+        for item, result in zip(items, results, strict=True):  # where this call's milliseconds went
+            sent = item.get("sent_at")
+            result["timing_ms"] = {"to-batch": 1000 * (entered - sent) if sent else None,
+                                   "coalesce": 1000 * (result.pop("model_started_at") - entered),
+                                   "model": result.pop("model_ms")}
+        return results
 
     def _explain_sync(self, item: dict[str, Any]) -> dict[str, Any]:
         from raydetect.explain.core import signed_target, view_maps
@@ -384,9 +461,10 @@ class IngressOptions:
     max_overlay_pixels: int
     api_key_file: str | None
     audit_log: str | None
+    preprocess_on: str = "ingress"  # resolved: ingress | model
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> IngressOptions:
+    def from_settings(cls, settings: Settings, model_gpus: float = 0.0) -> IngressOptions:
         s = settings.serve
         audit = s.audit_log or str(settings.workdir_path / "serve" / "audit.jsonl")
         key_file = str(Path(s.api_key_file).expanduser().resolve()) if s.api_key_file else None
@@ -397,6 +475,7 @@ class IngressOptions:
             max_overlay_pixels=s.max_overlay_pixels,
             api_key_file=key_file,
             audit_log=str(Path(audit).expanduser().resolve()) if audit != "-" else None,
+            preprocess_on=s.preprocess_on if s.preprocess_on != "auto" else ("model" if model_gpus > 0 else "ingress"),
         )
 
 
@@ -471,6 +550,11 @@ def _result(card, prob: float, views: int) -> dict[str, Any]:
 def _public(result: dict[str, Any]) -> dict[str, Any]:
     keys = ("prob_ai", "decision", "threshold", "model_name", "model_version", "views")
     return {key: result[key] for key in keys}
+
+
+def server_timing(stages: dict[str, float | None]) -> str:
+    """A `Server-Timing` header (W3C): where one request's milliseconds went, in the order of `stages`."""
+    return ", ".join(f"{name};dur={ms:.2f}" for name, ms in stages.items() if ms is not None)
 
 
 def _now() -> str:
@@ -580,8 +664,12 @@ class RayDetectAPI:
             f"send the image as multipart/form-data, image/* or application/octet-stream (got {mime!r})", rid,
         )
 
-    async def _decode(self, data: bytes, rid: str):
-        """The decoded image and, in the same worker-thread hop, the model's views of it (policy known)."""
+    async def _decode(self, data: bytes, rid: str, defer: bool = True):
+        """The decoded image and, in the same worker-thread hop, the model's views of it (policy known); or,
+        where the model replica decodes (`preprocess_on: model`, `defer`), a JPEG's header size and its bytes."""
+        deferred = deferred_item(data, self.options.limits) if defer and self.options.preprocess_on == "model" else None
+        if deferred is not None:
+            return deferred
         try:
             return await run_in_threadpool(_decode_and_views, data, self.options.limits, self._policy)
         except ImageDecodeError as exc:
@@ -597,6 +685,12 @@ class RayDetectAPI:
         """Call the model with the image's views (and `extra` keys); cut them again when the model was swapped
         meanwhile."""
         image, item = decoded
+        extra = {**(extra or {}), "sent_at": time.time()}  # the model says how long the call took to reach it
+        if item is not None and "jpeg" in item:  # the model replica decodes it and cuts its own views
+            result = await getattr(self.model, method).remote({**item, **extra})
+            if "error" in result:
+                raise decode_error(result["error"], rid)
+            return result
         for attempt in range(3):
             policy = await self._model_policy(refresh=attempt > 0)
             if item is None or item["key"] != policy.key:
@@ -604,7 +698,7 @@ class RayDetectAPI:
                     item = await run_in_threadpool(model_views, image, policy)
                 except ImageDecodeError as exc:
                     raise ApiError(DECODE_STATUS.get(exc.reason, 422), exc.reason, exc.message, rid) from None
-            result = await getattr(self.model, method).remote({**item, **(extra or {})})
+            result = await getattr(self.model, method).remote({**item, **extra})
             if not result.get("stale"):
                 return result
         raise RuntimeError("the model's view policy kept changing while this request was served")
@@ -613,14 +707,14 @@ class RayDetectAPI:
         self.audit.write(event="rejected", request_id=exc.request_id, **self._client(request), route=route,
                          sha256=sha, status=exc.status, reason=exc.reason)
 
-    async def _one_image(self, request: Request, rid: str, route: str):
+    async def _one_image(self, request: Request, rid: str, route: str, defer: bool = True):
         uploads = await self._uploads(request, rid, max_files=1)
         if len(uploads) != 1:
             raise ApiError(400, "too_many_images", f"{route} takes one image; use /v1/predict/batch", rid)
         filename, data = uploads[0]
         sha = sha256_hex(data) if data else None
         try:
-            decoded = await self._decode(data, rid)
+            decoded = await self._decode(data, rid, defer)
         except ApiError as exc:
             self._reject(exc, request, route, sha)
             raise
@@ -663,21 +757,30 @@ class RayDetectAPI:
                   "max_pixels": self.options.limits.max_pixels,
                   "allowed_formats": list(self.options.limits.allowed_formats)}
         ingress = {"replica": _replica_id(), "pid": os.getpid()}
-        return {**info, "auth": auth, "limits": limits, "ingress": ingress}
+        return {**info, "auth": auth, "limits": limits, "ingress": ingress,
+                "preprocess_on": self.options.preprocess_on}
 
     @api.post("/v1/predict", response_model=Prediction, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
               dependencies=[Depends(_bearer)], summary="Score one image")
-    async def predict(self, request: Request) -> dict[str, Any]:
+    async def predict(self, request: Request) -> JSONResponse:
         start = time.perf_counter()
         rid = _serve_request_id(request)
         self._authorize(request, rid, "/v1/predict")
         filename, _, sha, decoded = await self._one_image(request, rid, "/v1/predict")
-        image = decoded[0]
-        result = await self._call_model("predict", decoded, rid)
+        image, read_ms, call = decoded[0], _ms(start), time.perf_counter()
+        try:
+            result = await self._call_model("predict", decoded, rid)
+        except ApiError as exc:  # a JPEG the model replica could not decode
+            self._reject(exc, request, "/v1/predict", sha)
+            raise
         ms = _ms(start)
+        timing = server_timing({"read-decode": read_ms, **result.get("timing_ms", {}), "handle": _ms(call),
+                                "ingress": ms})  # fmt: skip
         self._record("predict", request, rid, "/v1/predict", sha, result, ms)
-        return {"request_id": rid, "sha256": sha, **_public(result), "scored_at": _now(), "latency_ms": ms,
-                "width": image.width, "height": image.height, "filename": filename}
+        body = Prediction(request_id=rid, sha256=sha, **_public(result), scored_at=_now(), latency_ms=ms,
+                          width=image.width, height=image.height, filename=filename)
+        # A Response of its own, for the header: Serve's class-based routes do not inject FastAPI's `Response`.
+        return JSONResponse(body.model_dump(), headers={"Server-Timing": timing})
 
     @api.post("/v1/predict/batch", response_model=BatchPrediction, responses=_ERRORS, openapi_extra=_BATCH_BODY,
               dependencies=[Depends(_bearer)], summary="Score up to serve.max_batch_images images (multipart)")
@@ -730,7 +833,7 @@ class RayDetectAPI:
             error = ApiError(422, "unknown_method", f"method {method!r} is not one of {', '.join(METHODS)}", rid)
             self._reject(error, request, "/v1/explain")
             raise error
-        filename, _, sha, decoded = await self._one_image(request, rid, "/v1/explain")
+        filename, _, sha, decoded = await self._one_image(request, rid, "/v1/explain", defer=False)  # draws on it
         image = decoded[0]
         result = await self._call_model("explain", decoded, rid, {"method": method})
         png, size, reason = await run_in_threadpool(_render_overlay, image, result, self.options.max_overlay_pixels)
@@ -782,6 +885,7 @@ def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel |
     }
     if resolved.version is not None:
         user_config.update(registry_version=resolved.version, model_ref=resolved.ref)
+    gpus = _gpus_per_replica(settings)
     model = DetectorModel.options(
         autoscaling_config={
             "min_replicas": s.min_replicas,
@@ -789,7 +893,7 @@ def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel |
             "target_ongoing_requests": s.target_ongoing_requests,
         },
         max_ongoing_requests=s.max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": _gpus_per_replica(settings)},
+        ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": gpus},
         user_config=user_config,
     ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision,
            registry_uri=settings.mlflow_uri(), explain=settings.explain.model_dump(),
@@ -799,7 +903,7 @@ def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel |
         max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),
         ray_actor_options={"num_cpus": s.ingress_num_cpus},
     )
-    return ingress.bind(model, IngressOptions.from_settings(settings))
+    return ingress.bind(model, IngressOptions.from_settings(settings, gpus))
 
 
 class AppArgs(BaseModel):

@@ -227,6 +227,74 @@ def test_concurrent_calls_are_batched_and_answered_like_single_calls(server):
     assert 1 < after["largest_batch"] <= after["max_batch_size"] == 16
 
 
+def test_predict_says_where_its_milliseconds_went(server):
+    """`Server-Timing`: the ingress's read + decode, the hop to the model's batch, the wait for the model, the
+    model's own time and the whole handle call, nested as they happen."""
+    response = server["client"].post("/v1/predict", content=_images()["photo.jpg"])
+    assert response.status_code == 200
+    parts = [part.split(";dur=") for part in response.headers["server-timing"].split(", ")]
+    timing = {name: float(ms) for name, ms in parts}
+    assert list(timing) == ["read-decode", "to-batch", "coalesce", "model", "handle", "ingress"]
+    assert all(ms >= -1 for ms in timing.values()), timing  # -1: the replicas' clocks (one machine here)
+    assert timing["model"] > 0 and timing["handle"] >= timing["model"]
+    assert timing["handle"] >= timing["to-batch"] + timing["coalesce"] + timing["model"] - 2
+    assert timing["ingress"] >= timing["read-decode"] + timing["handle"] - 1
+    assert timing["ingress"] == pytest.approx(response.json()["latency_ms"], abs=1.0)
+
+
+def test_jpegs_decoded_in_the_model_replica_answer_as_the_ingress_decodes_them(server, tmp_path):
+    """`serve.preprocess_on: model`: the ingress sends a JPEG's bytes, the model replica decodes a batch of them
+    and cuts the views (the GPU preprocessing path, here on CPU): the same answers as the ingress path, other
+    formats and rotated JPEGs still decoded by the ingress, a bad JPEG the same 4xx."""
+    import asyncio
+
+    client, url = server["client"], server["url"]
+    deploy(settings_for_tests(tmp_path, preprocess_on="model"), server["model1"], name="model-decode",
+           route_prefix="/model-decode")  # fmt: skip
+    wait_ready(f"{url}/model-decode")
+    try:
+        assert client.get("/model-decode/v1/model").json()["preprocess_on"] == "model"
+        assert client.get("/v1/model").json()["preprocess_on"] == "ingress"  # auto, no GPU
+        grey = encode(photo(6, (150, 200)).mean(axis=2).astype(np.uint8), "JPEG", quality=80)
+        images = {**_images(), "large.jpg": encode(photo(5, (333, 517)), "JPEG", quality=85), "grey.jpg": grey,
+                  "small.jpg": encode(photo(7, (20, 30)), "JPEG")}  # fmt: skip
+        for name, data in images.items():
+            ingress = client.post("/v1/predict", content=data)
+            model = client.post("/model-decode/v1/predict", content=data)
+            assert ingress.status_code == model.status_code == 200, (name, model.text)
+            a, b = ingress.json(), model.json()
+            assert b["prob_ai"] == pytest.approx(a["prob_ai"], abs=1e-6), name  # native views: the same pixels
+            assert [b[k] for k in ("decision", "width", "height", "views")] == [a[k] for k in
+                                                                              ("decision", "width", "height", "views")]
+        decoded = client.get("/model-decode/v1/model").json()["jpegs_decoded"]
+        assert decoded == 4  # photo, large, grey, small; not the PNG, the WebP or the rotated JPEG (EXIF)
+
+        async def burst() -> list[httpx.Response]:  # concurrent JPEGs: decoded in batches, answered one by one
+            async with httpx.AsyncClient(base_url=url, timeout=60) as session:
+                names = ["photo.jpg", "large.jpg", "grey.jpg"] * 6
+                calls = [session.post("/model-decode/v1/predict", content=images[n]) for n in names]
+                return list(zip(names, await asyncio.gather(*calls), strict=True))
+
+        expected = {n: client.post("/v1/predict", content=images[n]).json()["prob_ai"] for n in images}
+        for name, response in asyncio.run(burst()):
+            assert response.json()["prob_ai"] == pytest.approx(expected[name], abs=1e-6)
+        batch = client.post("/model-decode/v1/predict/batch", files=[("files", (n, images[n], "image/jpeg"))
+                                                                     for n in ("photo.jpg", "photo.png")])
+        assert [r["prob_ai"] for r in batch.json()["results"]] == pytest.approx(
+            [expected["photo.jpg"], expected["photo.png"]], abs=1e-6)
+
+        whole = images["large.jpg"]
+        cut = whole[: len(whole) // 2]  # a valid header, half the scan: it fails in the model replica
+        answers = [client.post(prefix + "/v1/predict", content=cut) for prefix in ("", "/model-decode")]
+        assert [r.status_code for r in answers] == [422, 422], [r.text for r in answers]
+        assert [r.json()["error"] for r in answers] == ["truncated", "truncated"]
+        assert client.get("/model-decode/v1/model").json()["jpegs_decoded"] > decoded + 18
+    finally:
+        from ray import serve
+
+        serve.delete("model-decode")
+
+
 def test_model_info_health_docs_and_page(server):
     client = server["client"]
     info = client.get("/v1/model").json()
