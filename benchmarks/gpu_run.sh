@@ -47,8 +47,10 @@ for where in cpu model; do
   stage "score_$where" "$PY" benchmarks/score_throughput.py --n 10000 --side 512 --backbone resnet50 \
     --set "score.preprocess_on=$where" --json "$OUT/score_$where.json"
 done
-stage serve_load "$PY" benchmarks/serve_load.py --backbone resnet50 --requests 256 --rounds 2 \
-  --num-cpus 16 --replica-cpus 4 --json "$OUT/serve_load.json"
+for where in ingress model; do  # JPEG decode in the HTTP ingress (PIL) or batched in the model replica (nvJPEG)
+  stage "serve_load_$where" "$PY" benchmarks/serve_load.py --backbone resnet50 --requests 256 --rounds 1 \
+    --num-cpus 16 --replica-cpus 4 --preprocess-on "$where" --json "$OUT/serve_load_$where.json"
+done
 
 [ -n "${SMI:-}" ] && kill "$SMI" 2> /dev/null
 "$PY" - "$OUT" <<'PY'
@@ -57,7 +59,7 @@ from pathlib import Path
 
 out = Path(sys.argv[1])
 figures = {"stages": [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]}
-for name in ("score_cpu", "score_model", "serve_load"):
+for name in ("score_cpu", "score_model", "serve_load_ingress", "serve_load_model"):
     path = out / f"{name}.json"
     figures[name] = json.loads(path.read_text()) if path.exists() else None
 util = out / "gpu_util.csv"

@@ -121,7 +121,7 @@ def _serve_pids(url: str) -> dict[str, int]:
     return pids
 
 
-def _paired_overhead(url: str, data: bytes, model_uri: str, threads: int, pairs: int) -> dict:
+def _paired_overhead(url: str, data: bytes, model_uri: str, threads: int, pairs: int, device: str) -> dict:
     """Direct call and HTTP call alternately, one after the other: the median difference is Serve's cost."""
     import httpx
     import torch
@@ -131,7 +131,7 @@ def _paired_overhead(url: str, data: bytes, model_uri: str, threads: int, pairs:
     from raydetect.models.views import make_views
 
     torch.set_num_threads(threads)
-    detector = Detector.load(model_uri, device="cpu")
+    detector = Detector.load(model_uri, device=device)
 
     def direct() -> tuple[float, float]:
         start = time.perf_counter()
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch threads in the model replica (0: this machine's cores, as on a dedicated node)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     parser.add_argument("--throughput-optimized", action="store_true",
                         help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 on the local cluster (direct ingress: no proxy hop, "
                              "gRPC between replicas)")
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         card = ModelCard(backbone=args.backbone, name=f"{args.backbone}-random", image_size=args.image_size)
         model_uri = save_model(build_backbone(args.backbone, "none").eval(), card, str(tmp / "model"))
     settings = load_settings(overrides={
-        "device": "cpu",
+        "device": args.device,
         "serve": {
             "min_replicas": 1, "max_replicas": 1, "replica_num_cpus": args.replica_cpus,
             "torch_threads": args.torch_threads, "max_ongoing_requests": max(32, 2 * args.max_batch_size),
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
                           f"{row['throughput_rps']:7.2f} req/s  mean batch {row['mean_batch_size']:4.1f}{errors}",
                           flush=True)
                 if round_index == 0:
-                    overhead[mode] = _paired_overhead(url, data, model_uri, args.torch_threads, args.pairs)
+                    overhead[mode] = _paired_overhead(url, data, model_uri, args.torch_threads, args.pairs,
+                                                      args.device)
     finally:
         serve.shutdown()
         ray.shutdown()
