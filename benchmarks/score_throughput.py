@@ -90,6 +90,34 @@ def model_only_per_precision(batches: list[np.ndarray], detectors: dict, rounds:
     return figures
 
 
+def batch_size_study(batches: list[np.ndarray], detector, sizes: str) -> dict[int, float]:
+    """images/s of the model alone over the same images re-cut into batches of each size (one round each)."""
+    images = np.concatenate(batches) if batches else np.zeros((0,))
+    figures = {}
+    for size in (int(x) for x in sizes.split(",") if x.strip()):
+        chunks = [images[i : i + size] for i in range(0, len(images), size)]
+        detector.predict(chunks[0])  # warm-up at this shape
+        figures[size] = model_only(chunks, detector)
+    return figures
+
+
+def cli_score(work: Path, model_uri: str, args) -> tuple[float, float]:
+    """images/s and wall seconds of `raydetect score IMAGES --model M` as its own process (what a nightly
+    job runs: interpreter and imports, Ray's start-up and shutdown, the pipeline, the Parquet)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "raydetect.cli", "score", str(work / "images"), "--model", model_uri,
+               "-o", str(work / "out_cli"), "--run-id", "cli", "--batch-size", str(args.batch_size)]
+    for item in args.overrides:
+        command += ["--set", item]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    return args.n / wall, wall
+
+
 def precisions_to_measure(text: str | None, run_precision: str, device: str = "cpu") -> list[str]:
     """`fp32,auto` (default) -> resolved, de-duplicated precisions: fp32 first, the run's among them."""
     from raydetect.models.precision import resolve_precision
@@ -151,6 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
         help="the model card's view policy: native tiles (default) or the legacy resize + centre crop",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-sizes", default="8,16,32,64",
+                        help="(b') the model alone at the run's precision per batch size ('' skips it)")
+    parser.add_argument("--no-cli", action="store_true", help="skip (d), `raydetect score` as its own process")
     parser.add_argument("--actors", default=None, help="MIN:MAX model actors (default: the config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     parser.add_argument("--workdir", default=None, help="keep images here (default: a temp dir, removed)")
@@ -222,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
     cpu = tree_cpu_seconds()
     out["b_model_only"] = model_only(batches, detector)
     out["b_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / images_b
+    out["b_model_only_per_batch_size"] = batch_size_study(batches, detector, args.batch_sizes)
+    for size, rate in out["b_model_only_per_batch_size"].items():
+        print(f"(b') model only, {precision}, batch {size:>3}      {rate:8.1f} img/s", flush=True)
     del batches
 
     # (c) the Ray Data pipeline (its own local cluster of this machine's cores)
@@ -244,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
 
+    if not args.no_cli:  # (d) what a user runs: one `raydetect score` process, Ray start-up and shutdown in
+        out["d_cli_whole_process"], out["d_cli_wall_s"] = cli_score(work, model_uri, args)
     torch.set_num_threads(best)
     out["a_plain_loop_after"] = plain_loop(paths, detector, args.batch_size)
     plain = (out["a_plain_loop"] + out["a_plain_loop_after"]) / 2
@@ -254,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     out["ratio_end_to_end_vs_plain"] = out["c_pipeline_end_to_end"] / plain
     out["ratio_steady_vs_model_only"] = out["c_pipeline_steady_state"] / out["b_model_only"]
     out["ratio_end_to_end_vs_model_only"] = out["c_pipeline_end_to_end"] / out["b_model_only"]
+    out["ratio_cli_vs_plain"] = out.get("d_cli_whole_process", float("nan")) / plain
 
     lines = [
         f"{args.n} JPEGs {args.side}px, {tiles} {args.views} view(s) of {args.image_size}px per image "
@@ -269,7 +306,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"(c) Ray Data pipeline, end to end     {out['c_pipeline_end_to_end']:8.1f} img/s"
         f"  (actors {out['pipeline']['actors']}, decode num_cpus {settings.score.decode_num_cpus});"
         f" CPU {out['c_cpu_ms_per_image']:.1f} ms/image, all Ray processes, start-up included",
-        f"(c)/(a): steady {out['ratio_steady_vs_plain']:.2f}, end to end {out['ratio_end_to_end_vs_plain']:.2f}",
+        f"(d) `raydetect score`, whole process {out.get('d_cli_whole_process', float('nan')):8.1f} img/s"
+        f"  ({out.get('d_cli_wall_s', float('nan')):.1f} s: Python, Ray start-up and shutdown included)",
+        f"(c)/(a): steady {out['ratio_steady_vs_plain']:.2f}, end to end {out['ratio_end_to_end_vs_plain']:.2f};"
+        f" (d)/(a): {out['ratio_cli_vs_plain']:.2f} (goal >= 1.2)",
         f"(c)/(b): steady {out['ratio_steady_vs_model_only']:.2f}, "
         f"end to end {out['ratio_end_to_end_vs_model_only']:.2f}",
         f"CPU time per image, (a)/(c): {out['ratio_cpu_cost_plain_vs_pipeline']:.2f}",
