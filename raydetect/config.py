@@ -268,6 +268,8 @@ class MonitorSettings(_Section):
 class DemoSettings(_Section):
     train: dict[str, Any] | None = None  # `train:` keys the demo trains with instead (its recipe; defaults.yaml)
     evaluate: dict[str, Any] | None = None  # `evaluate:` keys its report uses instead (cheaper attacks)
+    dire: dict[str, Any] | None = None  # `dire:` keys of its DIRE stage (deep-merged); null: no DIRE stage
+    dire_sample: int = Field(200, gt=0)  # the first N training images the DIRE stage makes maps of
 
 
 class Settings(_Section):
@@ -291,11 +293,12 @@ class Settings(_Section):
     demo: DemoSettings = DemoSettings()
 
     def for_demo(self) -> Settings:
-        """These settings with `demo.train` over `train` and `demo.evaluate` over `evaluate` (validated like
-        those sections)."""
+        """These settings with `demo.train` over `train`, `demo.evaluate` over `evaluate` and `demo.dire`
+        deep-merged over `dire` (validated like those sections)."""
         train = TrainSettings.model_validate({**self.train.model_dump(), **(self.demo.train or {})})
         evaluate = EvaluateSettings.model_validate({**self.evaluate.model_dump(), **(self.demo.evaluate or {})})
-        return self.model_copy(update={"train": train, "evaluate": evaluate})
+        dire = DireSettings.model_validate(_deep_merge(self.dire.model_dump(), self.demo.dire or {}))
+        return self.model_copy(update={"train": train, "evaluate": evaluate, "dire": dire})
 
     @property
     def workdir_path(self) -> Path:

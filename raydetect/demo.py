@@ -1,8 +1,9 @@
 """`raydetect demo` (what `make demo` runs): every stage end to end on the embedded defaults.
 
 offline benchmark (built once) -> verify -> train a small model (Ray Train) -> batch-score the test split
-(Ray Data) -> evaluation report (HTML) -> Grad-CAM explanations of two test images -> registry: promote the
-model through the gates -> a Serve smoke call on the trained model. Each stage prints where its output
+(Ray Data) -> evaluation report (HTML) -> Grad-CAM explanations of two test images -> DIRE on a sample
+(`demo.dire`: its UNet, maps of some training images, the statistics classifier's CV) -> registry: promote
+the model through the gates -> a Serve smoke call on the trained model. Each stage prints where its output
 went; a re-run reuses the benchmark and retrains/re-scores quickly.
 """
 
@@ -130,6 +131,11 @@ def run_demo(
            log)  # fmt: skip
     out.outputs["explanations"] = explained
 
+    if settings.demo.dire is not None:  # `demo.dire: null` switches the stage off
+        out.outputs["dire model"] = _stage(
+            "DIRE (sample)", out, lambda: dire_sample(settings, bench_root, workdir, log), log
+        )
+
     out.outputs["registry"] = _stage(
         "registry: promote through the gates", out,
         lambda: promote_demo_model(settings, outcome, summary, f"{bench_root} (test)", html, log), log,
@@ -171,6 +177,31 @@ def run_demo(
         json.dumps({"outputs": out.outputs, "timings_s": out.timings_s, "headline": out.headline}, indent=2)
     )
     return out
+
+
+def dire_sample(settings: Settings, bench_root: str, workdir: Path, log: Callable[[str], None]) -> str:
+    """The DIRE family on a sample (`demo.dire` over `dire:`): `raydetect dire fit-diffusion` (its UNet on the
+    real training images outside the held-out fold) into <workdir>/dire/diffusion, `dire maps --limit
+    demo.dire_sample` of the training split (Ray Data) into <workdir>/dire/maps-demo, then `dire
+    fit-classifier` (grouped CV table, leave-ddpm-out when the benchmark has `ddpm`) into
+    <workdir>/models/dire. Returns the model directory."""
+    import shutil
+
+    from raydetect.data.manifest import read_manifest
+    from raydetect.dire.fit import fit_diffusion
+    from raydetect.dire.maps import dire_maps
+    from raydetect.dire.stats import fit_classifier
+
+    diffusion = str(fit_diffusion(bench_root, workdir / "dire" / "diffusion", settings, log=log))
+    maps = workdir / "dire" / "maps-demo"
+    shutil.rmtree(maps, ignore_errors=True)  # a new UNet each run: its maps are made afresh, not resumed
+    dire_maps(bench_root, str(maps), settings, split="train", diffusion=diffusion, limit=settings.demo.dire_sample,
+              log=log)  # fmt: skip
+    generators = set(read_manifest(bench_root, "train", settings).get("generator", []))
+    uri, _ = fit_classifier(str(maps), str(workdir / "models" / "dire"), settings,
+                            leave_out="ddpm" if "ddpm" in generators else None, log=log)  # fmt: skip
+    log(f"model: {uri}")
+    return uri
 
 
 def explain_examples(settings: Settings, labelled, model_dir: str, out_dir: str, log: Callable[[str], None],

@@ -63,39 +63,8 @@ def fit_classifier_command(
 ) -> None:
     """Grouped 5-fold CV of the statistics classifier (logistic regression), then fit it on every fold and
     write a DIRE model directory."""
-    import json
-    from datetime import UTC, datetime
-
-    from raydetect import storage
-    from raydetect.dire.maps import CONFIG_FILE, read_features
-    from raydetect.dire.stats import cross_validate_oof, export_model, format_table, leave_generator_out
-    from raydetect.models.bundle import CV_PREDICTIONS_FILE, save_beside_model
+    from raydetect.dire.stats import fit_classifier
 
     settings = settings_from(config, overrides)
-    features = read_features(maps, settings)
-    table, oof = cross_validate_oof(features, settings.dire.classifier_c)
-    typer.echo(format_table(table, "DIRE statistics, grouped CV (image level)"))
-    mean = table[table["fold"] == "mean"].iloc[0]
-    metrics = {f"cv_{m}": float(mean[m]) for m in ("f1", "auc", "accuracy")}
-    if leave_out:
-        try:
-            held = leave_generator_out(features, leave_out, settings.dire.classifier_c)
-        except ValueError as exc:
-            typer.echo(f"leave-{leave_out}-out: skipped ({exc})")
-        else:
-            typer.echo(format_table(held, f"leave-{leave_out}-out"))
-            held_mean = held[held["fold"] == "mean"].iloc[0]
-            metrics.update({f"leave_{leave_out}_out_{m}": float(held_mean[m])
-                            for m in ("f1", "auc", "ai_caught", "real_passed")})  # fmt: skip
-    made_with = json.loads(storage.read_text(storage.join(maps, CONFIG_FILE), settings.storage))
-    uri = export_model(
-        features,
-        made_with,
-        settings,
-        model_out,
-        name=name,
-        version=version or datetime.now(UTC).strftime("dire-%Y%m%d%H%M%S"),
-        metrics=metrics,
-    )
-    save_beside_model(oof, uri, CV_PREDICTIONS_FILE, settings.storage)  # benchmarks/recipe_table.py reads it
+    uri, _ = fit_classifier(maps, model_out, settings, name=name, version=version, leave_out=leave_out, log=typer.echo)
     typer.echo(f"model: {uri}")

@@ -129,3 +129,51 @@ def export_model(features: pd.DataFrame, maps_config: dict, settings, uri: str, 
     params = {"diffusion": diffusion, **card.pop("params", {})}
     return save_dire_model(uri, unet, scheduler_config, pipeline, dire, settings.storage, name=name, params=params,
                            **card)
+
+
+def fit_classifier(
+    maps: str,
+    model_out: str,
+    settings,
+    name: str = "dire",
+    version: str | None = None,
+    leave_out: str | None = None,
+    log=print,
+) -> tuple[str, dict[str, float]]:
+    """`raydetect dire fit-classifier` (and the demo's DIRE stage): the grouped CV table of the statistics
+    classifier on a `dire maps` folder (and the leave-`leave_out`-out table), printed with `log`, then the
+    classifier fitted on every fold into a DIRE model directory. Returns its URI and the CV metrics."""
+    import json
+    from datetime import UTC, datetime
+
+    from raydetect import storage
+    from raydetect.dire.maps import CONFIG_FILE, read_features
+    from raydetect.models.bundle import CV_PREDICTIONS_FILE, save_beside_model
+
+    features = read_features(maps, settings)
+    table, oof = cross_validate_oof(features, settings.dire.classifier_c)
+    log(format_table(table, "DIRE statistics, grouped CV (image level)"))
+    mean = table[table["fold"] == "mean"].iloc[0]
+    metrics = {f"cv_{m}": float(mean[m]) for m in ("f1", "auc", "accuracy")}
+    if leave_out:
+        try:
+            held = leave_generator_out(features, leave_out, settings.dire.classifier_c)
+        except ValueError as exc:
+            log(f"leave-{leave_out}-out: skipped ({exc})")
+        else:
+            log(format_table(held, f"leave-{leave_out}-out"))
+            held_mean = held[held["fold"] == "mean"].iloc[0]
+            metrics.update({f"leave_{leave_out}_out_{m}": float(held_mean[m])
+                            for m in ("f1", "auc", "ai_caught", "real_passed")})  # fmt: skip
+    made_with = json.loads(storage.read_text(storage.join(maps, CONFIG_FILE), settings.storage))
+    uri = export_model(
+        features,
+        made_with,
+        settings,
+        model_out,
+        name=name,
+        version=version or datetime.now(UTC).strftime("dire-%Y%m%d%H%M%S"),
+        metrics=metrics,
+    )
+    save_beside_model(oof, uri, CV_PREDICTIONS_FILE, settings.storage)  # benchmarks/recipe_table.py reads it
+    return uri, metrics

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 from raydetect.config import load_settings
+from raydetect.models.bundle import load_card, load_detector
+from raydetect.models.dire import DireDetector
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -26,7 +28,13 @@ def test_demo_runs_every_stage(tmp_path: Path, ray_cluster: None):
             "workdir": str(tmp_path / "work"),
             "benchmark": {"sizes": [64], "test_sizes": None, "generators": ["esrgan", "waifu2x"], "max_actors": 1},
             # the demo's own recipe (demo.train: a linear probe), on a tiny backbone
-            "demo": {"train": {"backbone": "tinycnn", "weights": "none"}},
+            "demo": {
+                "train": {"backbone": "tinycnn", "weights": "none"},
+                # the DIRE stage at toy sizes: a 3-step UNet, one 32 px tile of 8 training images
+                "dire": {"fit": {"channels": [8, 16], "size": 16, "steps": 3, "batch_size": 4, "pool": 16},
+                         "tile": 32, "batch_size": 4, "torch_threads": 1},
+                "dire_sample": 8,
+            },
             "serve": {"port": _free_port()},
         }
     )
@@ -61,6 +69,14 @@ def test_demo_runs_every_stage(tmp_path: Path, ray_cluster: None):
     saved = json.loads((work / "reports" / "demo.json").read_text())
     assert set(saved["timings_s"]) >= {"1/6 offline benchmark", "4/6 batch-score the test split (Ray Data)",
                                    "registry: promote through the gates"}
+    assert "DIRE (sample)" in saved["timings_s"]
+    # the DIRE stage: its UNet fitted, maps of the sample, the CV table printed, a DIRE model directory
+    assert outputs.outputs["dire model"] == str(work / "models" / "dire")
+    assert load_card(outputs.outputs["dire model"]).kind == "dire"
+    assert isinstance(load_detector(outputs.outputs["dire model"], device="cpu"), DireDetector)
+    assert any(line.startswith("DIRE statistics, grouped CV") for line in lines)
+    assert any(line.startswith("dire maps: 8 made") for line in lines)
+    assert (work / "dire" / "diffusion" / "unet" / "config.json").exists()
     # registered by training, evaluated, sent through the gates (a 1-epoch tiny model may well be refused)
     assert outputs.outputs["registry"].startswith("raydetect version 1 (")
     assert any(line.startswith("version  card_version") for line in lines)

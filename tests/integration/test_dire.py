@@ -83,6 +83,9 @@ def test_maps_job_resumes_without_duplicates_then_a_dire_model_scores_like_any_o
     assert "grouped CV" in result.output and "leave-checker-out: skipped" in result.output  # one generator
     card = load_card(str(model))
     assert card.kind == "dire" and {"cv_f1", "cv_auc"} <= set(card.metrics)
+    oof = pd.read_parquet(model / "cv_predictions.parquet")  # beside the CNNs' in benchmarks/recipe_table.py
+    assert oof["path"].is_unique and len(oof) == 20 and set(oof["label"]) == {0, 1}
+    assert {"fold", "prob_ai", "logit"} <= set(oof.columns) and oof["prob_ai"].between(0, 1).all()
 
     manifest = score_run(str(root), str(model), str(work / "predictions"), "dire", settings=settings)
     rows, broken = results.read_rows(str(work / "predictions" / "run=dire"))

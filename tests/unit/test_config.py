@@ -51,3 +51,17 @@ def test_the_demo_trains_its_own_recipe_over_train():
     assert load_settings(overrides=["demo.train=null"]).for_demo().train == load_settings().train
     with pytest.raises(ValidationError):
         load_settings(overrides=["demo.train.epochz=3"]).for_demo()
+
+
+def test_the_demo_dire_stage_runs_demo_dire_over_dire_and_null_switches_it_off():
+    settings = load_settings(overrides=["dire.fit.lr=0.002", "dire.batch_size=4"])
+    demo = settings.for_demo()
+    assert (demo.dire.fit.steps, demo.dire.tile, demo.dire.max_tiles) == (150, 128, 1)  # demo.dire
+    assert demo.dire.fit.lr == 0.002 and demo.dire.batch_size == 4 and demo.dire.fit.size == 48  # deep-merged
+    assert demo.demo.dire_sample == 200 and settings.dire.fit.steps == 400  # `dire:` itself is unchanged
+    mine = load_settings(overrides=["demo.dire.fit.steps=5", "demo.dire_sample=12"]).for_demo()
+    assert (mine.dire.fit.steps, mine.dire.tile, mine.demo.dire_sample) == (5, 128, 12)
+    off = load_settings(overrides=["demo.dire=null"])
+    assert off.demo.dire is None and off.for_demo().dire == off.dire  # run_demo skips the stage
+    with pytest.raises(ValidationError):
+        load_settings(overrides=["demo.dire.tilez=3"]).for_demo()

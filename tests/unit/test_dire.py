@@ -150,7 +150,8 @@ def test_statistics_classifier_cv_and_leave_one_generator_out_tables():
         label, generator = (0, "real") if i % 2 == 0 else (1, "a" if i % 4 == 1 else "b")
         features = rng.normal(size=len(FEATURE_NAMES)) + (1.5 * label)  # every statistic shifts with the label
         for view in range(2):
-            rows.append({"key": f"k{i}", "path": f"train_data/{i}.png", "processing": "none", "label": label, "fold": (i // 2) % 5, "generator": generator,
+            rows.append({"key": f"k{i}", "path": f"train_data/{i}.png", "processing": "none", "label": label,
+                         "fold": (i // 2) % 5, "generator": generator,
                          "view": view, **dict(zip(FEATURE_NAMES, features + 0.1 * view, strict=True))})  # fmt: skip
     features = pd.DataFrame(rows)
 
