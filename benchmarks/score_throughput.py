@@ -52,9 +52,12 @@ def make_images(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def plain_loop(paths: list[Path], detector, batch_size: int, keep: list | None = None, keep_images: int = 0) -> float:
-    """images/s of read + decode + views (the model's view policy) + forward in this process (the first
-    `keep_images` images' normalised views are appended to `keep`)."""
+def plain_loop(paths: list[Path], detector, batch_size: int, keep: list | None = None, keep_images: int = 0,
+               forward: int | None = None) -> float:
+    """images/s of read + decode + views (the model's view policy) + forward in this process, `batch_size`
+    images at a time in forward passes of `forward` views (None: the detector's `forward_batch`), as the
+    scoring actors run them
+    (the first `keep_images` images' normalised views are appended to `keep`)."""
     from raydetect.data.images import decode_image
     from raydetect.models.views import make_views, normalize
 
@@ -62,23 +65,28 @@ def plain_loop(paths: list[Path], detector, batch_size: int, keep: list | None =
     start = time.perf_counter()
     for i in range(0, len(paths), batch_size):
         views = [make_views(decode_image(p.read_bytes()), detector.policy) for p in paths[i : i + batch_size]]
-        detector.predict_images(views, max_batch=batch_size)
+        detector.predict_images(views, forward)
         if keep is not None and i < keep_images:
             keep.append(normalize(np.concatenate(views), card.mean, card.std).numpy())
     return len(paths) / (time.perf_counter() - start)
 
 
-def model_only(batches: list[np.ndarray], detector) -> float:
+def model_only(batches: list[np.ndarray], detector, size: int | None = None) -> float:
+    """images/s of the forward pass alone over preloaded normalised views, in passes of `size` views (None:
+    the detector's `forward_batch`)."""
     import torch
 
-    tensors = [torch.from_numpy(b) for b in batches]
+    images = np.concatenate(batches)
+    size = size or detector.forward_batch
+    tensors = [torch.from_numpy(images[i : i + size]) for i in range(0, len(images), size)]
     start = time.perf_counter()
     for tensor in tensors:
         detector.predict(tensor)
     return sum(len(t) for t in tensors) / (time.perf_counter() - start)
 
 
-def model_only_per_precision(batches: list[np.ndarray], detectors: dict, rounds: int) -> dict[str, list[float]]:
+def model_only_per_precision(batches: list[np.ndarray], detectors: dict, rounds: int, size: int | None = None
+                             ) -> dict[str, list[float]]:  # fmt: skip
     """images/s of each detector (one per precision) over `batches`, in `rounds` interleaved rounds (a shared
     machine's load then hits every precision alike), after one warm-up batch each."""
     for detector in detectors.values():
@@ -86,18 +94,16 @@ def model_only_per_precision(batches: list[np.ndarray], detectors: dict, rounds:
     figures: dict[str, list[float]] = {name: [] for name in detectors}
     for _ in range(rounds):
         for name, detector in detectors.items():
-            figures[name].append(model_only(batches, detector))
+            figures[name].append(model_only(batches, detector, size))
     return figures
 
 
 def batch_size_study(batches: list[np.ndarray], detector, sizes: str) -> dict[int, float]:
     """images/s of the model alone over the same images re-cut into batches of each size (one round each)."""
-    images = np.concatenate(batches) if batches else np.zeros((0,))
     figures = {}
     for size in (int(x) for x in sizes.split(",") if x.strip()):
-        chunks = [images[i : i + size] for i in range(0, len(images), size)]
-        detector.predict(chunks[0])  # warm-up at this shape
-        figures[size] = model_only(chunks, detector)
+        detector.predict(batches[0][:size])  # warm-up at this shape
+        figures[size] = model_only(batches, detector, size)
     return figures
 
 
@@ -233,11 +239,14 @@ def main(argv: list[str] | None = None) -> dict:
     out["plain_threads_probe"] = {str(k): round(v, 2) for k, v in trials.items()}
     out["plain_threads"] = best
     cpu = tree_cpu_seconds()
-    out["a_plain_loop"] = plain_loop(paths, detector, args.batch_size, keep=batches, keep_images=args.model_only_images)
+    out["forward_batch"] = forward = settings.score.forward_batch or detector.forward_batch  # as the actors
+    out["a_plain_loop"] = plain_loop(paths, detector, args.batch_size, keep=batches, keep_images=args.model_only_images,
+                                     forward=forward)  # fmt: skip
     out["a_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / args.n
     # (b) model only on preloaded tensors, per precision (interleaved rounds), then at the run's precision
     rounds = model_only_per_precision(
-        batches, {p: Detector(detector.model, card, torch.device("cpu"), p) for p in precisions}, args.rounds
+        batches, {p: Detector(detector.model, card, torch.device("cpu"), precision=p) for p in precisions}, args.rounds,
+        forward,
     )
     out["b_model_only_rounds"] = {p: [round(v, 2) for v in r] for p, r in rounds.items()}
     out["b_model_only_per_precision"] = {p: float(np.median(r)) for p, r in rounds.items()}
@@ -251,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(per_precision), flush=True)  # now: the pipeline below takes minutes
     images_b = sum(len(b) for b in batches)
     cpu = tree_cpu_seconds()
-    out["b_model_only"] = model_only(batches, detector)
+    out["b_model_only"] = model_only(batches, detector, forward)
     out["b_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / images_b
     out["b_model_only_per_batch_size"] = batch_size_study(batches, detector, args.batch_sizes)
     for size, rate in out["b_model_only_per_batch_size"].items():
@@ -281,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_cli:  # (d) what a user runs: one `raydetect score` process, Ray start-up and shutdown in
         out["d_cli_whole_process"], out["d_cli_wall_s"] = cli_score(work, model_uri, args)
     torch.set_num_threads(best)
-    out["a_plain_loop_after"] = plain_loop(paths, detector, args.batch_size)
+    out["a_plain_loop_after"] = plain_loop(paths, detector, args.batch_size, forward=forward)
     plain = (out["a_plain_loop"] + out["a_plain_loop_after"]) / 2
     out["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     # CPU time per image: what each way costs, whatever share of a shared machine it happened to get.
@@ -295,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [
         f"{args.n} JPEGs {args.side}px, {tiles} {args.views} view(s) of {args.image_size}px per image "
         f"(img/s x {tiles} = views/s), {backbone} + {input_filter} filter (untrained), "
-        f"batch {args.batch_size}, {cores} cores, precision {precision} (setting {settings.precision}), "
+        f"batch {args.batch_size} (forward passes of {forward} views), {cores} cores, "
+        f"precision {precision} (setting {settings.precision}), "
         f"load average before/after {out['load_average_before_after']}",
         f"(a) plain loop, {best} thread(s)        {out['a_plain_loop']:8.1f} img/s"
         f"  (again after (c): {out['a_plain_loop_after']:.1f}); CPU {out['a_cpu_ms_per_image']:.1f} ms/image",

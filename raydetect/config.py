@@ -146,7 +146,8 @@ class ExplainSettings(_Section):
 
 
 class ScoreSettings(_Section):
-    batch_size: int = Field(32, gt=0)  # images per model batch, and views per forward pass
+    batch_size: int = Field(32, gt=0)  # images per model actor call
+    forward_batch: int | None = Field(None, gt=0)  # views per forward pass; null -> by device (CPU 8, CUDA 64)
     views: Literal["card", "native", "resize"] = "card"  # the view policy's mode: the model card's, or forced
     min_actors: int = Field(1, gt=0)
     max_actors: int = Field(2, gt=0)

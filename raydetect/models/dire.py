@@ -369,9 +369,10 @@ class DireDetector:
     def view_logits(self, views: np.ndarray) -> np.ndarray:
         return self.head.logits(self.view_features(views))
 
-    def predict_images(self, images: list[np.ndarray], max_batch: int = 32) -> np.ndarray:
-        """P(AI) per image from its uint8 views, as `Detector.predict_images`."""
-        batch = max(1, min(max_batch, self.settings.batch_size))
+    def predict_images(self, images: list[np.ndarray], max_batch: int | None = None) -> np.ndarray:
+        """P(AI) per image from its uint8 views, as `Detector.predict_images` (at most `dire.batch_size` views
+        per UNet pass)."""
+        batch = max(1, min(max_batch or self.settings.batch_size, self.settings.batch_size))
         return sigmoid(image_logits(self.view_logits, images, self.policy, batch))
 
     def predict_image(self, image: Image.Image | np.ndarray) -> float:

@@ -171,7 +171,7 @@ def build_dataset(
             "pool_size": actors[1],
             "schema": schema,
             "view_mode": sc.views,
-            "max_batch": batch_size,
+            "max_batch": sc.forward_batch,
         },
         batch_size=batch_size,
         batch_format="pyarrow",

@@ -54,7 +54,7 @@ class DetectorLike(Protocol):
     card: ModelCard
     policy: ViewPolicy
 
-    def predict_images(self, images: list[np.ndarray], max_batch: int = 32) -> np.ndarray: ...
+    def predict_images(self, images: list[np.ndarray], max_batch: int | None = None) -> np.ndarray: ...
 
 
 Loader = Callable[[str], DetectorLike]
@@ -85,7 +85,8 @@ class Predictor:
     precision, storage_settings)`; storage_settings: the config's `storage:` (as the decode stage's); view_mode:
     None (each card's policy), `native` or `resize`; precision: the setting (auto | fp32 | bf16 | fp16) the
     default loader passes on; num_threads: torch threads (0 = this node's cores /
-    pool_size, the actor pool's maximum size); max_batch: views per forward pass; schema: the output schema
+    pool_size, the actor pool's maximum size); max_batch: views per forward pass (None: the detector's
+    `forward_batch`, by device); schema: the output schema
     (from `output_schema`), so every block has the same types.
     """
 
@@ -101,7 +102,7 @@ class Predictor:
         schema: pa.Schema | None = None,
         pool_size: int = 1,
         view_mode: str | None = None,
-        max_batch: int = 32,
+        max_batch: int | None = None,
     ):
         torch.set_num_threads(num_threads if num_threads > 0 else auto_threads(pool_size))
         loader = loader or partial(load_detector, device=device, view_mode=view_mode, precision=precision,

@@ -393,7 +393,7 @@ class DetectorModel:
             good = sorted(inputs)
             if good:
                 views = [inputs[i] for i in good]
-                probs = detector.predict_images(views, max_batch=max(self.predict._get_max_batch_size(), 1))
+                probs = detector.predict_images(views)  # in passes of the detector's forward_batch
                 self.batches += 1
                 self.batched_images += len(good)
                 self.largest_batch = max(self.largest_batch, len(good))

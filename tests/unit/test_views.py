@@ -134,3 +134,19 @@ def test_normalize_is_the_imagenet_arithmetic():
     expected = (128 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     assert out.shape == (1, 3, 4, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), expected, atol=1e-6)
+
+
+def test_forward_passes_default_to_the_devices_batch_and_give_the_same_probabilities():
+    """`predict_images` without `max_batch` packs `Detector.FORWARD_BATCH[device]` views a pass (8 on CPU); any
+    packing gives the same P(AI)."""
+    detector = _detector(ViewPolicy(size=64))
+    passes: list[int] = []
+    detector.model.register_forward_hook(lambda _m, args, _out: passes.append(len(args[0])))
+    images = [make_views(PHOTO[i * 20 : i * 20 + 64, :128], detector.policy) for i in range(10)]  # 2 views each
+    default = detector.predict_images(images)
+    assert detector.forward_batch == Detector.FORWARD_BATCH["cpu"] == 8
+    assert passes == [8, 8, 4]
+    passes.clear()
+    wide = detector.predict_images(images, max_batch=32)
+    assert passes == [20]
+    np.testing.assert_allclose(default, wide, rtol=0, atol=1e-5)
