@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cap-s", type=float, default=90.0, help="time cap per level")
     parser.add_argument("--pairs", type=int, default=30, help="direct/HTTP pairs for the overhead")
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--batch-wait-s", type=float, default=0.01)
+    parser.add_argument("--batch-wait-s", type=float, default=0.0, help="batch_wait_timeout_s (the default: 0)")
     parser.add_argument("--replica-cpus", type=float, default=1.0)
     parser.add_argument("--preprocess-on", default="auto", choices=("auto", "ingress", "model"),
                         help="serve.preprocess_on: where JPEGs are decoded and cut into views")

@@ -218,7 +218,7 @@ class ServeSettings(_Section):
     api_key_file: str | None = None  # secret file (first line); $RAYDETECT_API_KEY wins; neither -> auth off
     audit_log: str | None = None  # JSON lines; null -> <workdir>/serve/audit.jsonl; "-" -> not written
     max_batch_size: int = Field(16, gt=0)  # @serve.batch; 1 turns dynamic batching off
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    batch_wait_timeout_s: float = Field(0.0, ge=0)  # 0: the Coalescer batches what waits while the model is busy
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, gt=0)
     target_ongoing_requests: float = Field(8.0, gt=0)

@@ -77,7 +77,7 @@ logger = logging.getLogger("ray.serve")
 MODEL_DEPLOYMENT = "DetectorModel"
 INGRESS_DEPLOYMENT = "RayDetectAPI"
 DEFAULT_MAX_BATCH_SIZE = 16
-DEFAULT_BATCH_WAIT_S = 0.01
+DEFAULT_BATCH_WAIT_S = 0.0
 # Serve batches may all be in flight at once: they wait in the Coalescer, which merges them per forward pass.
 MAX_CONCURRENT_BATCHES = 256
 

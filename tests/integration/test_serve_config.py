@@ -68,7 +68,7 @@ def test_app_builder_takes_args_and_sets_serve_options(tmp_path: Path):
     model = built["DetectorModel"]
     config = model._deployment_config
     assert config.user_config == {"model_uri": str(tmp_path / "m"), "max_batch_size": 4,
-                                  "batch_wait_timeout_s": 0.01}
+                                  "batch_wait_timeout_s": 0.0}
     assert (config.autoscaling_config.min_replicas, config.autoscaling_config.max_replicas) == (1, 3)
     assert config.autoscaling_config.target_ongoing_requests == 8
     assert config.max_ongoing_requests == 32
