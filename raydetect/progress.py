@@ -35,6 +35,17 @@ def progress(
     return PlainProgress(iterable, total, desc, unit, stream, every_s, silent=disable)
 
 
+def plain_ray_data_progress(stream: IO[str] | None = None) -> None:
+    """Ray Data's progress bars off when `stream` (stdout) is not a terminal. The bars of datasets that run in
+    Ray Train's workers are tqdm bars redrawn into the driver's output (dozens of escape-code lines a fold in
+    a piped `raydetect train`); the epoch reports are the plain progress there. Call it before the datasets
+    are made: they keep the DataContext of their creation."""
+    if not _isatty(stream or sys.stdout):
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+
+
 def _isatty(stream: IO[str]) -> bool:
     try:
         return stream.isatty()

@@ -203,7 +203,9 @@ def build_datasets(
 ) -> dict[str, Any]:
     """The trainer's datasets: `views` differently-augmented training views and the validation fold."""
     from raydetect.data.ray_io import image_dataset
+    from raydetect.progress import plain_ray_data_progress
 
+    plain_ray_data_progress()  # in a log or CI console: the workers' redrawn bars off, the epoch lines stay
     train = settings.train
     mean, std = default_normalization(train.backbone)
     common = {

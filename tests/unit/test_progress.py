@@ -30,3 +30,26 @@ def test_disabled_prints_nothing():
     stream = io.StringIO()
     assert list(progress(range(5), desc="x", disable=True, stream=stream)) == list(range(5))
     assert stream.getvalue() == ""
+
+
+def test_ray_data_bars_are_switched_off_only_when_output_is_not_a_terminal():
+    """Ray Train's workers redraw Ray Data's tqdm bars into a piped `raydetect train` (75 escape-code redraws
+    for one tiny epoch, measured): off unless stdout is a terminal."""
+    from ray.data import DataContext
+
+    from raydetect.progress import plain_ray_data_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    context = DataContext.get_current()
+    before = context.enable_progress_bars
+    try:
+        context.enable_progress_bars = True
+        plain_ray_data_progress(Terminal())
+        assert context.enable_progress_bars is True
+        plain_ray_data_progress(io.StringIO())
+        assert context.enable_progress_bars is False
+    finally:
+        context.enable_progress_bars = before
