@@ -288,6 +288,8 @@ def test_jpegs_preprocessed_in_the_model_actors_score_like_the_cpu_stage(ray_clu
         runs[where] = _read_run(manifest["output"]).sort_values("path").reset_index(drop=True)
     cpu, on_model = runs["cpu"], runs["model"]
     assert len(on_model) == 10 and on_model["error"].isna().all()
-    np.testing.assert_allclose(on_model["prob_ai"], cpu["prob_ai"], atol=1e-6)
+    # PIL's libjpeg and torchvision's libjpeg-turbo take different SIMD IDCT paths on some CPUs (this AMD EPYC:
+    # P(AI) 1.3e-6 apart on one of 10 images, identical on the Intel machines): within 1e-5, same decisions
+    np.testing.assert_allclose(on_model["prob_ai"], cpu["prob_ai"], atol=1e-5)
     assert on_model["decision"].tolist() == cpu["decision"].tolist()
     assert on_model["views"].tolist() == cpu["views"].tolist()

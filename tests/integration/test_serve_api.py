@@ -263,7 +263,8 @@ def test_jpegs_decoded_in_the_model_replica_answer_as_the_ingress_decodes_them(s
             model = client.post("/model-decode/v1/predict", content=data)
             assert ingress.status_code == model.status_code == 200, (name, model.text)
             a, b = ingress.json(), model.json()
-            assert b["prob_ai"] == pytest.approx(a["prob_ai"], abs=1e-6), name  # native views: the same pixels
+            # native views: the same boxes; the two JPEG decoders may differ by a grey level on some CPUs
+            assert b["prob_ai"] == pytest.approx(a["prob_ai"], abs=1e-5), name
             assert [b[k] for k in ("decision", "width", "height", "views")] == [a[k] for k in
                                                                               ("decision", "width", "height", "views")]
         decoded = client.get("/model-decode/v1/model").json()["jpegs_decoded"]
@@ -277,11 +278,11 @@ def test_jpegs_decoded_in_the_model_replica_answer_as_the_ingress_decodes_them(s
 
         expected = {n: client.post("/v1/predict", content=images[n]).json()["prob_ai"] for n in images}
         for name, response in asyncio.run(burst()):
-            assert response.json()["prob_ai"] == pytest.approx(expected[name], abs=1e-6)
+            assert response.json()["prob_ai"] == pytest.approx(expected[name], abs=1e-5)
         batch = client.post("/model-decode/v1/predict/batch", files=[("files", (n, images[n], "image/jpeg"))
                                                                      for n in ("photo.jpg", "photo.png")])
         assert [r["prob_ai"] for r in batch.json()["results"]] == pytest.approx(
-            [expected["photo.jpg"], expected["photo.png"]], abs=1e-6)
+            [expected["photo.jpg"], expected["photo.png"]], abs=1e-5)
 
         whole = images["large.jpg"]
         cut = whole[: len(whole) // 2]  # a valid header, half the scan: it fails in the model replica
