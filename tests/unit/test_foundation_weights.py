@@ -14,6 +14,7 @@ quantisation noise compounds through the 12 blocks). No network; skipped only wi
 from __future__ import annotations
 
 import copy
+import platform
 
 import numpy as np
 import pytest
@@ -32,6 +33,15 @@ skdata = pytest.importorskip("skimage.data")
 
 CLIP_WEIGHTS = clip.OFFLINE["clip_vit_b16"]
 needs_clip = pytest.mark.skipif(not CLIP_WEIGHTS.installed(), reason=f"needs `{CLIP_WEIGHTS.install_hint}`")
+# The int8 graph is a reference only where onnxruntime computes it exactly. On an x86 CPU without VNNI (AVX2
+# only: a 2-core AMD EPYC, 2026-12-03) the graph's own outputs drift (embedding cosine 0.38 against our port,
+# whose probe CV there equals the VNNI machines'), most likely the known saturation of its u8s8 int8 kernels
+# (pmaddubsw's int16 sums) on such CPUs.
+_VNNI = any(torch.cpu.get_capabilities().get(k) for k in ("avx512_vnni", "avx_vnni", "amx_int8"))
+exact_int8 = pytest.mark.skipif(
+    platform.machine() in ("x86_64", "AMD64") and not _VNNI,
+    reason="onnxruntime's u8s8 int8 kernels saturate on x86 without VNNI: the int8 graph is no reference on this CPU",
+)
 needs_dinov2 = pytest.mark.skipif(not dinov2.OFFLINE.installed(), reason=f"needs `{dinov2.OFFLINE.install_hint}`")
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -114,6 +124,7 @@ def _quantize_activations(module: torch.nn.Module, args: tuple[torch.Tensor]) ->
 
 
 @needs_clip
+@exact_int8
 def test_clip_blocks_reproduce_the_int8_graph_given_its_activation_quantisation(clip_encoder, clip_graph):
     model = copy.deepcopy(clip_encoder)
     for module in model.modules():
@@ -133,6 +144,7 @@ def test_clip_blocks_reproduce_the_int8_graph_given_its_activation_quantisation(
 
 
 @needs_clip
+@exact_int8
 def test_clip_image_embeddings_match_the_int8_graph(clip_encoder, clip_graph):
     with torch.no_grad():
         embeds = clip_encoder(torch.from_numpy(clip_graph["pixel_values"])).numpy()
