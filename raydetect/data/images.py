@@ -148,6 +148,12 @@ def deferrable_jpeg(data: bytes, limits: DecodeLimits | None = None) -> tuple[in
     return width, height
 
 
+def decodes_on_model(mode: str, model_gpus: float) -> bool:
+    """A `preprocess_on` setting (`score.` or `serve.`) resolved: whether the model's process (scoring actor,
+    Serve replica) decodes the JPEGs `deferrable_jpeg` lets through: `model`, or `auto` where it has a GPU."""
+    return mode == "model" or (mode == "auto" and model_gpus > 0)
+
+
 def decode_jpegs(blobs: list[bytes], sizes: list[tuple[int, int]], device) -> list:
     """Decode JPEGs that passed `deferrable_jpeg` into (3, H, W) uint8 tensors on `device` (one batched nvJPEG
     call on CUDA, libjpeg-turbo on CPU: the same pixels as `decode_image` there). A file that fails (corrupt

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from raydetect import storage
 from raydetect.config import Settings, load_settings
-from raydetect.data.images import DecodeLimits
+from raydetect.data.images import DecodeLimits, decodes_on_model
 from raydetect.models.bundle import ModelCard, load_card, resolved_precision
 from raydetect.models.views import ViewPolicy
 from raydetect.score import results
@@ -119,8 +119,7 @@ def actor_precision(settings: Settings, num_gpus: float | None = None) -> str:
 
 def preprocess_on(settings: Settings, per_actor_gpus: float) -> str:
     """Where JPEGs are decoded and cut into views (`score.preprocess_on`): `cpu` or `model`."""
-    mode = settings.score.preprocess_on
-    return mode if mode != "auto" else ("model" if per_actor_gpus > 0 else "cpu")
+    return "model" if decodes_on_model(settings.score.preprocess_on, per_actor_gpus) else "cpu"
 
 
 def carried_schema(inputs: pd.DataFrame) -> pa.Schema:

@@ -63,6 +63,7 @@ from raydetect.data.images import (
     ImageDecodeError,
     decode_image,
     decode_jpegs,
+    decodes_on_model,
     deferrable_jpeg,
     sha256_hex,
 )
@@ -135,10 +136,9 @@ def deferred_item(data: bytes, limits: DecodeLimits) -> tuple[DeferredJpeg, dict
     return None if size is None else (DeferredJpeg(*size), {"jpeg": data, "size": size})
 
 
-def decode_error(message: str, rid: str) -> ApiError:
-    """The 4xx of a "reason: detail" decode failure (the ingress's own, or one the model replica answered)."""
-    reason, _, detail = message.partition(": ")
-    return ApiError(DECODE_STATUS.get(reason, 422), reason, detail or message, rid)
+def decode_error(reason: str, detail: str, rid: str) -> ApiError:
+    """The 4xx of a decode failure: the ingress's own, or one the model replica answered."""
+    return ApiError(DECODE_STATUS.get(reason, 422), reason, detail, rid)
 
 
 class ApiError(Exception):
@@ -475,7 +475,7 @@ class IngressOptions:
             max_overlay_pixels=s.max_overlay_pixels,
             api_key_file=key_file,
             audit_log=str(Path(audit).expanduser().resolve()) if audit != "-" else None,
-            preprocess_on=s.preprocess_on if s.preprocess_on != "auto" else ("model" if model_gpus > 0 else "ingress"),
+            preprocess_on="model" if decodes_on_model(s.preprocess_on, model_gpus) else "ingress",
         )
 
 
@@ -673,7 +673,7 @@ class RayDetectAPI:
         try:
             return await run_in_threadpool(_decode_and_views, data, self.options.limits, self._policy)
         except ImageDecodeError as exc:
-            raise ApiError(DECODE_STATUS.get(exc.reason, 422), exc.reason, exc.message, rid) from None
+            raise decode_error(exc.reason, exc.message, rid) from None
 
     async def _model_policy(self, refresh: bool = False) -> ViewPolicy:
         if self._policy is None or refresh:
@@ -689,7 +689,8 @@ class RayDetectAPI:
         if item is not None and "jpeg" in item:  # the model replica decodes it and cuts its own views
             result = await getattr(self.model, method).remote({**item, **extra})
             if "error" in result:
-                raise decode_error(result["error"], rid)
+                reason, _, detail = result["error"].partition(": ")  # "reason: detail", as decode_jpegs says it
+                raise decode_error(reason, detail or reason, rid)
             return result
         for attempt in range(3):
             policy = await self._model_policy(refresh=attempt > 0)
@@ -697,7 +698,7 @@ class RayDetectAPI:
                 try:
                     item = await run_in_threadpool(model_views, image, policy)
                 except ImageDecodeError as exc:
-                    raise ApiError(DECODE_STATUS.get(exc.reason, 422), exc.reason, exc.message, rid) from None
+                    raise decode_error(exc.reason, exc.message, rid) from None
             result = await getattr(self.model, method).remote({**item, **extra})
             if not result.get("stale"):
                 return result
