@@ -274,6 +274,22 @@ def test_the_precision_is_recorded_and_decisions_agree_with_fp32(ray_cluster: No
     assert (auto["decision"].eq(fp32["decision"]) | near).all()
 
 
+def test_the_actors_precision_is_resolved_on_the_driver_only_for_its_own_single_node_cpu_cluster(ray_cluster: None):
+    """A local run asks no worker what `auto` means (the actors share this CPU): the same answer a task on an
+    actor's resources gives. A cluster of other nodes, or GPU actors, are still asked by a task."""
+    import ray
+
+    from raydetect.models.bundle import resolved_precision
+    from raydetect.score.pipeline import actor_precision, only_node_is_this_one
+
+    settings = load_settings(overrides=SMALL)
+    assert only_node_is_this_one()  # the shared test cluster: one node, this driver's
+    probe = ray.remote(resolved_precision).options(num_cpus=settings.score.actor_num_cpus)
+    for setting in ("auto", "fp32", "bf16"):
+        s = load_settings(overrides=[*SMALL, f"precision={setting}"])
+        assert actor_precision(s) == ray.get(probe.remote(s.device, s.precision)) == resolved_precision("cpu", setting)
+
+
 def test_jpegs_preprocessed_in_the_model_actors_score_like_the_cpu_stage(ray_cluster: None, tmp_path: Path):
     """`score.preprocess_on: model` (what `auto` picks when the actors get a GPU): JPEGs travel as bytes to
     the model actors, which decode them (nvJPEG on a GPU, libjpeg-turbo here) and cut the views with tensor
