@@ -188,7 +188,7 @@ class DireSettings(_Section):
     mode: Literal["full", "truncated", "onestep"] = "onestep"
     steps: int = Field(20, gt=0)  # DDIM schedule length k; full: k inversion + k reconstruction passes
     truncated_steps: int = Field(2, gt=0)  # truncated: invert the first s of the k steps (t0 = s/k T), back
-    noise_level: float = Field(0.1, gt=0, lt=1)  # onestep: noise to t = noise_level T, predict x0 once
+    noise_level: float = Field(0.3, gt=0, lt=1)  # onestep: noise to t = noise_level T, predict x0 once
     seed: int = 0  # the one fixed noise field of onestep (the same for every image)
     map_format: Literal["npy", "png16"] = "npy"  # error maps on disk, the same for both classes
     tile: int = Field(224, gt=0)  # native-resolution views of this side (never resampled)
