@@ -128,17 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         frames[name] = read_oof(path or name)
     rows = [summary_row(name, frame) for name, frame in frames.items()]
     members = args.ensemble.split(",") if args.ensemble else list(frames)
+    member_frames = {m: frames[m] for m in members}
     if len(members) > 1:
-        rows.append(summary_row("ensemble(" + "+".join(members) + ")", ensemble({m: frames[m] for m in members})))
+        rows.append(summary_row("ensemble(" + "+".join(members) + ")", ensemble(member_frames)))
     if args.best and len(frames) > 2:
         rows.append(best_ensemble(frames))
     if args.weighted and len(members) > 1:
-        chosen_frames = {m: frames[m] for m in members}
-        frame, chosen = weighted_ensemble(chosen_frames)
+        frame, chosen = weighted_ensemble(member_frames)
         rows.append(summary_row("weighted(" + "+".join(members) + ")", frame))
         print("weights chosen on the other folds, per held-out fold:",
               {k: dict(zip(members, w, strict=True)) for k, w in chosen.items()})
-        final = best_weights(chosen_frames, sorted(frame["fold"].unique()))
+        final = best_weights(member_frames, sorted(chosen))
         print("weights chosen on all folds (for `raydetect score --weights`):", ",".join(f"{w:g}" for w in final))
     table = pd.DataFrame(rows)
     print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
