@@ -256,10 +256,11 @@ def score_run(
     reusable = int(inputs[DONE_SHA].ne("").sum())
     log.info("scoring %d inputs (%d may be reused) into %s", len(inputs), reusable, run)
 
-    precision = actor_precision(settings, num_gpus)
+    per_actor_gpus = actor_gpus(settings, num_gpus)  # asks the cluster once; the same answer below
+    precision = actor_precision(settings, per_actor_gpus)
     fs, path = storage.pyarrow_fs(run, sset)
     t_pipeline = time.perf_counter()
-    ds = build_dataset(inputs, spec, settings, batch, actor_range, loader=loader, num_gpus=num_gpus)
+    ds = build_dataset(inputs, spec, settings, batch, actor_range, loader=loader, num_gpus=per_actor_gpus)
     ds.write_parquet(
         path,
         filesystem=fs,
@@ -299,7 +300,7 @@ def score_run(
         "views": [p.to_dict() for p in spec.policies(settings.score.views)],
         "precision": precision,
         "precision_setting": settings.precision,
-        "preprocess_on": preprocess_on(settings, actor_gpus(settings, num_gpus)),
+        "preprocess_on": preprocess_on(settings, per_actor_gpus),
         "ray": {"cluster_cpus": ray.cluster_resources().get("CPU", 0), "cluster_gpus": cluster_gpus()},
         "counts": {
             "inputs": len(inputs),
