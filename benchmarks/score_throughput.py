@@ -10,7 +10,9 @@ settings (`auto` unless `--set precision=...`), resolved on this machine. In one
       torch thread count (probed first); measured before and after (c) to show drift when the machine is shared;
   (b) the model alone on preloaded tensors (the compute limit), for each of `--precisions` (default: fp32 and
       what `auto` resolves to here) in interleaved rounds on the first `--model-only-images` images, the median
-      round reported, with each precision's speed-up over fp32;
+      round reported, with each precision's speed-up over fp32; then on one thread: the ceiling of any pipeline
+      is the faster of the model on all cores in one process and one single-threaded model per core, and
+      ceiling / (a) is the most a pipeline's steady state can gain over the plain loop on this machine;
   (c) `raydetect.score.pipeline.score_run` end to end (listing → Parquet + `_SUCCESS`, actor start-up
       included; Ray's own start-up excluded) and in steady state (rows scored between the first and the last
       model batch, from the rows' `scored_at`),
@@ -262,6 +264,12 @@ def main(argv: list[str] | None = None) -> dict:
     cpu = tree_cpu_seconds()
     out["b_model_only"] = model_only(batches, detector, forward)
     out["b_cpu_ms_per_image"] = 1000 * (tree_cpu_seconds() - cpu) / images_b
+    # the ceiling of any pipeline on these cores: the model alone on all of them in one process, or one
+    # single-threaded model per core (what the pipeline's 1-thread actors are), whichever is faster
+    torch.set_num_threads(1)
+    out["b_model_only_one_thread"] = model_only(batches, detector, forward)
+    torch.set_num_threads(best)
+    out["b_ceiling"] = max(out["b_model_only"], cores * out["b_model_only_one_thread"])
     out["b_model_only_per_batch_size"] = batch_size_study(batches, detector, args.batch_sizes)
     for size, rate in out["b_model_only_per_batch_size"].items():
         print(f"(b') model only, {precision}, batch {size:>3}      {rate:8.1f} img/s", flush=True)
@@ -300,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     out["ratio_steady_vs_model_only"] = out["c_pipeline_steady_state"] / out["b_model_only"]
     out["ratio_end_to_end_vs_model_only"] = out["c_pipeline_end_to_end"] / out["b_model_only"]
     out["ratio_cli_vs_plain"] = out.get("d_cli_whole_process", float("nan")) / plain
+    out["ratio_ceiling_vs_plain"] = out["b_ceiling"] / plain
 
     lines = [
         f"{args.n} JPEGs {args.side}px, {tiles} {args.views} view(s) of {args.image_size}px per image "
@@ -312,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
         *per_precision,
         f"(b) model only, {precision:4s}, once         {out['b_model_only']:8.1f} img/s"
         f"  CPU {out['b_cpu_ms_per_image']:.1f} ms/image",
+        f"(b) model only, {precision:4s}, 1 thread     {out['b_model_only_one_thread']:8.1f} img/s"
+        f"  (x {cores} cores = {cores * out['b_model_only_one_thread']:.1f})",
         f"(c) Ray Data pipeline, steady state   {out['c_pipeline_steady_state']:8.1f} img/s",
         f"(c) Ray Data pipeline, end to end     {out['c_pipeline_end_to_end']:8.1f} img/s"
         f"  (actors {out['pipeline']['actors']}, decode num_cpus {settings.score.decode_num_cpus});"
@@ -320,6 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"  ({out.get('d_cli_wall_s', float('nan')):.1f} s: Python, Ray start-up and shutdown included)",
         f"(c)/(a): steady {out['ratio_steady_vs_plain']:.2f}, end to end {out['ratio_end_to_end_vs_plain']:.2f};"
         f" (d)/(a): {out['ratio_cli_vs_plain']:.2f} (goal >= 1.2)",
+        f"ceiling / (a): {out['ratio_ceiling_vs_plain']:.2f} (the model alone on every core, no decode, no Ray: "
+        f"the most any pipeline's steady state can reach against the plain loop here)",
         f"(c)/(b): steady {out['ratio_steady_vs_model_only']:.2f}, "
         f"end to end {out['ratio_end_to_end_vs_model_only']:.2f}",
         f"CPU time per image, (a)/(c): {out['ratio_cpu_cost_plain_vs_pipeline']:.2f}",

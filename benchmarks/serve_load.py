@@ -88,13 +88,16 @@ async def _level(url: str, data: bytes, concurrency: int, requests: int, cap_s: 
     return {"latencies": latencies, "errors": errors, "throughput_rps": len(latencies) / wall if wall else 0.0}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process (Linux /proc), in seconds; 0 when it cannot be read."""
+def _cpu_seconds(pid: int, children: bool = False) -> float:
+    """user + system CPU time of a process (Linux /proc), in seconds, with its child processes' when
+    `children` (the HAProxy that Serve's HAProxyManager actor runs); 0 when it cannot be read."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir() for k in (t / "children").read_text().split()]
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(k, True) for k in kids) if children else own
 
 
 def _batch_stats(url: str) -> tuple[int, int]:
@@ -106,7 +109,8 @@ def _batch_stats(url: str) -> tuple[int, int]:
 
 
 def _serve_pids(url: str) -> dict[str, int]:
-    """pids of the load generator (this process), Serve's proxy and controller, the ingress and the model."""
+    """pids of the load generator (this process), Serve's proxy (the HAProxyManager actor under `serve.haproxy`,
+    whose HAProxy child is counted with it) and controller, the ingress and the model."""
     import httpx
     import ray
 
@@ -203,9 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch threads in the model replica (0: this machine's cores, as on a dedicated node)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
-    parser.add_argument("--throughput-optimized", action="store_true",
-                        help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 on the local cluster (direct ingress: no proxy hop, "
-                             "gRPC between replicas)")
+    parser.add_argument("--no-haproxy", action="store_true",
+                        help="serve.haproxy false: Serve's Python proxy actor and Ray actor calls between deployments "
+                             "(the default is Serve's HAProxy ingress with gRPC between deployments)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     args.torch_threads = args.torch_threads or os.cpu_count() or 1
@@ -215,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
+    from raydetect.cluster import connect
     from raydetect.config import load_settings
     from raydetect.models.backbones import build_backbone
     from raydetect.models.bundle import ModelCard, save_model
@@ -232,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
             "torch_threads": args.torch_threads, "max_ongoing_requests": max(32, 2 * args.max_batch_size),
             "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s,
             "audit_log": str(tmp / "audit.jsonl"), "preprocess_on": args.preprocess_on,
+            "haproxy": not args.no_haproxy,
         },
     })
     settings_file = tmp / "raydetect.yaml"
@@ -239,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = _test_jpeg()
     load_before = os.getloadavg()[0]
     print(f"load average before: {load_before:.1f} (1 min) on {os.cpu_count()} cores; model {model_uri}; "
-          f"{args.torch_threads} torch thread(s) in the model replica")
+          f"{args.torch_threads} torch thread(s) in the model replica; "
+          f"{'Serve proxy actor' if args.no_haproxy else 'HAProxy ingress + gRPC between deployments'}")
 
     def config(max_batch_size: int) -> ServeDeploySchema:
         user_config = {"model_uri": model_uri, "max_batch_size": max_batch_size,
@@ -250,11 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
             "deployments": [{"name": "DetectorModel", "user_config": user_config}],
         }]})
 
-    os.environ.pop("RAY_ADDRESS", None)
-    if args.throughput_optimized:  # read by Serve's processes at start: the cluster started below inherits it
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    connect("local", num_cpus=args.num_cpus, log_to_driver=False, settings=settings)  # Serve's environment too
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
                 asyncio.run(_level(url, data, 4, 8, 60))  # warm-up
                 pids = _serve_pids(url)
                 for concurrency in levels:
-                    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+                    cpu_before = {name: _cpu_seconds(pid, name == "proxy") for name, pid in pids.items()}
                     stats_before = _batch_stats(url)
                     row = asyncio.run(_level(url, data, concurrency, max(args.requests, 4 * concurrency), args.cap_s))
                     stats_after = _batch_stats(url)
@@ -280,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
                     row["mean_batch_size"] = (stats_after[1] - stats_before[1]) / batches if batches else 0.0
                     served = max(1, len(row["latencies"]))
                     row["cpu_ms_per_request"] = {
-                        name: 1000 * (_cpu_seconds(pid) - cpu_before[name]) / served for name, pid in pids.items()
+                        name: 1000 * (_cpu_seconds(pid, name == "proxy") - cpu_before[name]) / served
+                        for name, pid in pids.items()
                     }
                     raw[mode][concurrency].append(row)
                     errors = f" ({row['errors']} errors)" if row["errors"] else ""
@@ -296,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)  # the random model, settings file and audit log
 
-    summary: dict = {"model_uri": model_uri, "load_before": load_before, "rounds": args.rounds, "levels": {}}
+    summary: dict = {"model_uri": model_uri, "load_before": load_before, "rounds": args.rounds, "levels": {},
+                     "haproxy": not args.no_haproxy}
     print()
     print(f"{'mode':<12} {'c':>3} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'batch':>5}   CPU ms per request: "
           + "  ".join(f"{name:>6}" for name in CPU_COLUMNS))

@@ -233,6 +233,10 @@ class ServeSettings(_Section):
     # JPEG decode + views: ingress (the HTTP replica, PIL) | model (the model replica, batched, on its device:
     # nvJPEG + tensor ops on a GPU) | auto (model when model replicas get a GPU, else ingress)
     preprocess_on: Literal["auto", "ingress", "model"] = "auto"
+    # Ray Serve's high-throughput mode on clusters raydetect starts (cluster.serve_environment): HAProxy in front
+    # of the ingress replicas' own ports in place of the Python proxy actor, gRPC between deployments. Read by
+    # Serve's processes when the cluster starts; elsewhere set the variables on the nodes (deploy/kuberay).
+    haproxy: bool = True
 
 
 class GateSettings(_Section):

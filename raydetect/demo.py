@@ -63,7 +63,7 @@ def run_demo(
     version = unique_name("demo")
     run_id = version
 
-    connect()  # workers' progress bars and epoch reports reach the terminal
+    connect(settings=settings)  # workers' progress bars and epoch reports reach the terminal; Serve's environment
 
     overrides = {"n_pairs": n_pairs} if n_pairs else {}
     bench = _stage("1/6 offline benchmark", out, lambda: build_from_settings(bench_root, settings, **overrides), log)

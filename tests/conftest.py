@@ -66,15 +66,19 @@ def ray_cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """One local Ray cluster for the whole session (starting one costs ~6 s)."""
     import ray
 
+    from raydetect.cluster import environment, serve_environment
+    from raydetect.config import load_settings
+
     os.environ.pop("RAY_ADDRESS", None)  # a stale address makes ray.init() hang for minutes
     if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=RAY_TEST_CPUS,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        with environment(serve_environment(load_settings())):  # Serve as raydetect runs it: HAProxy ingress
+            ray.init(
+                address="local",
+                num_cpus=RAY_TEST_CPUS,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

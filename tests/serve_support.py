@@ -79,6 +79,23 @@ def serve_instance() -> Iterator[str]:
         serve.shutdown()
 
 
+def haproxy_binds(port: int) -> list[str]:
+    """The running HAProxy processes (Serve's HAProxy ingress) whose configuration binds `port`: their
+    `bind` lines. Read from /proc: the processes' command lines name their configuration files."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or (entry / "comm").read_text().strip() != "haproxy":
+                continue
+            args = (entry / "cmdline").read_bytes().decode().split("\0")
+            config = Path(args[args.index("-f") + 1]).read_text()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not one of Serve's
+        found += [line.strip() for line in config.splitlines() if line.strip().startswith("bind ")
+                  and line.strip().endswith(f":{port}")]
+    return found
+
+
 def deploy(settings: Settings, model_uri: str, name: str = "raydetect", route_prefix: str = "/") -> None:
     from ray import serve
 

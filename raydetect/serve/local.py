@@ -63,7 +63,7 @@ def start_local(settings: Settings | None = None, model_uri: str | None = None, 
     host, port = settings.serve.host, settings.serve.port
     if not port_is_free(host, port):
         raise RuntimeError(f"port {port} on {host} is in use: pass another with --port (or stop what holds it)")
-    connect("local", num_cpus=num_cpus, log_to_driver=False)
+    connect("local", num_cpus=num_cpus, log_to_driver=False, settings=settings)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(settings, resolved), name=APP_NAME, route_prefix="/")
     url = local_url(settings)

@@ -26,6 +26,7 @@ from tests.serve_support import (
     deploy,
     direct_prediction,
     encode,
+    haproxy_binds,
     jpeg_with_orientation,
     make_model,
     photo,
@@ -49,6 +50,14 @@ def server(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         with httpx.Client(base_url=url, timeout=60) as client:
             yield {"url": url, "client": client, "model1": model1, "settings": settings,
                    "audit": tmp / "audit.jsonl"}
+
+
+def test_requests_reach_the_app_through_serves_haproxy_ingress(server):
+    """`serve.haproxy` (the default): the shared cluster started with raydetect's Serve environment, so Serve's
+    HAProxy, not the Python proxy actor, listens on the app's port (and only on the loopback, as asked)."""
+    port = int(server["url"].rsplit(":", 1)[1])
+    assert haproxy_binds(port) == [f"bind 127.0.0.1:{port}"]
+    assert server["client"].get("/healthz").json()["status"] == "ok"
 
 
 def _images() -> dict[str, bytes]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve_support import free_port, make_model
+from tests.serve_support import free_port, haproxy_binds, make_model
 
 RAYDETECT = [sys.executable, "-m", "raydetect.cli"]
 
@@ -44,6 +44,7 @@ def test_serve_command_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path: Path)
         body = smoke_check(url)
         assert body["model_version"] == "7" and body["decision"] in {"real", "ai", "review"}
         assert (tmp_path / ".raydetect" / "serve" / "audit.jsonl").exists()  # the default audit log, in the workdir
+        assert haproxy_binds(port) == [f"bind 127.0.0.1:{port}"]  # serve.haproxy: its cluster runs Serve's HAProxy
     finally:
         process.send_signal(signal.SIGINT)
         try:
