@@ -491,7 +491,7 @@ api = FastAPI(
     version="1",
 )
 _gate = AdmissionGate()  # one per ingress replica process: counts requests in flight, refuses new ones when draining
-api.middleware("http")(_gate)
+api.add_middleware(_gate.middleware)
 _bearer = HTTPBearer(auto_error=False, description="the API key (when one is configured)")
 _IMAGE_BODY = {
     "requestBody": {

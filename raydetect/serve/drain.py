@@ -9,9 +9,10 @@ requests are still in flight; the command waits until none are, so every accepte
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 
 RETRY_AFTER_S = 5
 
@@ -26,15 +27,24 @@ class AdmissionGate:
         self.draining = True
         return self.in_flight
 
-    async def __call__(self, request: Request, call_next):
-        """FastAPI `http` middleware."""
-        if self.draining:
-            body = {"error": "shutting_down", "detail": "the server is stopping; retry on another replica or later",
-                    "request_id": request.headers.get("x-request-id", "")}  # fmt: skip
-            headers = {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"}
-            return JSONResponse(body, status_code=503, headers=headers)
-        self.in_flight += 1
-        try:
-            return await call_next(request)
-        finally:
-            self.in_flight -= 1
+    def middleware(self, app: Any) -> Any:
+        """The gate as a plain ASGI middleware around `app` (`api.add_middleware(gate.middleware)`): a request
+        counts as in flight until its response is sent. Not FastAPI's `http` middleware, whose call_next
+        (Starlette's BaseHTTPMiddleware) streams every response through a task of its own: about 0.6 ms a request."""
+
+        async def gated(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            if self.draining:
+                rid = Headers(scope=scope).get("x-request-id", "")
+                body = {"error": "shutting_down", "request_id": rid,
+                        "detail": "the server is stopping; retry on another replica or later"}  # fmt: skip
+                headers = {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"}
+                return await JSONResponse(body, status_code=503, headers=headers)(scope, receive, send)
+            self.in_flight += 1
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+
+        return gated
