@@ -13,7 +13,9 @@ per request (load generator, Serve proxy, ingress, model replica, controller; fr
 it does not depend on how busy the machine is. The overhead's breakdown comes from the ingress's
 `Server-Timing` header: proxy + HTTP, the ingress's read/decode and the rest of its work, the handle call to
 `@serve.batch` (with its batch wait), the coalescer's wait, the model, and the reply hop.
-`--preprocess-on model` has the model replica decode the JPEG (`serve.preprocess_on`).
+`--preprocess-on model` has the model replica decode the JPEG (`serve.preprocess_on`). The local cluster starts
+the way `raydetect serve` starts its own (`cluster.connect` with the settings): Serve's HAProxy ingress and gRPC
+between deployments (`serve.haproxy`); `--no-haproxy` runs Serve's Python proxy actor instead.
 
     .venv/bin/python benchmarks/serve_load.py                  # resnet18 (random weights), 224 px, 2 rounds,
                                                                # the model replica on all cores (--torch-threads)
