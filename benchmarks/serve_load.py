@@ -95,11 +95,11 @@ def _cpu_seconds(pid: int, children: bool = False) -> float:
     `children` (the HAProxy that Serve's HAProxyManager actor runs); 0 when it cannot be read."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir() for k in (t / "children").read_text().split()]
+        tasks = Path(f"/proc/{pid}/task").iterdir() if children else []
+        kids = [int(k) for t in tasks for k in (t / "children").read_text().split()]
     except OSError:
         return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(_cpu_seconds(k, True) for k in kids) if children else own
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(_cpu_seconds(k, True) for k in kids)
 
 
 def _batch_stats(url: str) -> tuple[int, int]:
