@@ -40,6 +40,7 @@ def fit_config(fit: DireFitSettings) -> FitConfig:
         prediction_type=fit.prediction_type,
         pool=fit.pool,
         seed=fit.seed,
+        mid_attention=True,  # DIRE's UNet runs on fixed-size tiles; its measured figures are with attention
     )
     generator = FitConfig()
     if (config.channels, config.seed, config.prediction_type) == (generator.channels, generator.seed, "sample"):

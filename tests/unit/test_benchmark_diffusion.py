@@ -92,3 +92,20 @@ def test_any_diffusers_unet_folder_is_accepted(tmp_path, photos):
     image = crop_pool(photos, 1, 32, seed=0)[0]
     out = SDEditGenerator(bundle, strength=0.2, steps=10, threads=1)(image, 3)
     assert out.shape == image.shape
+
+
+def test_generator_unet_has_no_attention_but_dire_keeps_its_own():
+    """The benchmark's generator renders images 4-7x its 64 px training side: no self-attention, whose cost is
+    quadratic in the pixels; DIRE's UNet (fixed-size tiles) keeps diffusers' default middle-block attention."""
+    from diffusers.models.attention_processor import Attention
+
+    from raydetect.config import DireFitSettings
+    from raydetect.data.benchmark.diffusion import build_unet
+    from raydetect.dire.fit import fit_config
+
+    def attentions(config: FitConfig) -> int:
+        return sum(isinstance(m, Attention) for m in build_unet(config).modules())
+
+    assert attentions(FitConfig(channels=(8, 16), size=32)) == 0
+    assert attentions(fit_config(DireFitSettings())) == 1
+    assert FitConfig().key(["a"]) != FitConfig(mid_attention=True).key(["a"])  # a different cached model
