@@ -16,10 +16,15 @@ settings (`auto` unless `--set precision=...`), resolved on this machine. In one
   (c) `raydetect.score.pipeline.score_run` end to end (listing → Parquet + `_SUCCESS`, actor start-up
       included; Ray's own start-up excluded) and in steady state (rows scored between the first and the last
       model batch, from the rows' `scored_at`),
-and prints images/s for each and the ratios (c)/(a) and (c)/(b) (b at the run's precision). It also prints
-the CPU time each spends per image (the pipeline's counts every process of its local Ray cluster, start-up
-included): on a machine shared with other work, throughput follows the share of CPU each gets, while CPU per
-image depends on it much less.
+  (a') the plain loop as a process of its own, timed from outside (interpreter, imports, model load, the loop, a
+      Parquet of path and P(AI)): what a person runs without Ray;
+  (d) `raydetect score` as its own process, starting and stopping its local Ray cluster, and (d') the same
+      joining a cluster that is already running (`ray start --head`, as an operator keeps one for nightly
+      jobs): the issue's goal is (d) / (a') on whole processes,
+and prints images/s for each and the ratios (c)/(a), (c)/(b) (b at the run's precision), (d)/(a') and
+(d')/(a'). It also prints the CPU time each spends per image (the pipeline's counts every process of its local
+Ray cluster, start-up included): on a machine shared with other work, throughput follows the share of CPU each
+gets, while CPU per image depends on it much less.
 Images: N photo-like JPEGs (q90) of `--side` px, with fine noise so decoding costs what a photo costs; model:
 an untrained backbone (weights `none`; throughput does not depend on the weights).
 """
@@ -27,6 +32,7 @@ an untrained backbone (weights `none`; throughput does not depend on the weights
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -55,11 +61,11 @@ def make_images(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
 
 
 def plain_loop(paths: list[Path], detector, batch_size: int, keep: list | None = None, keep_images: int = 0,
-               forward: int | None = None) -> float:
+               forward: int | None = None, probs: list | None = None) -> float:
     """images/s of read + decode + views (the model's view policy) + forward in this process, `batch_size`
     images at a time in forward passes of `forward` views (None: the detector's `forward_batch`), as the
     scoring actors run them
-    (the first `keep_images` images' normalised views are appended to `keep`)."""
+    (the first `keep_images` images' normalised views are appended to `keep`; P(AI) per image to `probs`)."""
     from raydetect.data.images import decode_image
     from raydetect.models.views import make_views, normalize
 
@@ -67,10 +73,42 @@ def plain_loop(paths: list[Path], detector, batch_size: int, keep: list | None =
     start = time.perf_counter()
     for i in range(0, len(paths), batch_size):
         views = [make_views(decode_image(p.read_bytes()), detector.policy) for p in paths[i : i + batch_size]]
-        detector.predict_images(views, forward)
+        prob = detector.predict_images(views, forward)
+        if probs is not None:
+            probs.extend(np.asarray(prob).tolist())
         if keep is not None and i < keep_images:
             keep.append(normalize(np.concatenate(views), card.mean, card.std).numpy())
     return len(paths) / (time.perf_counter() - start)
+
+
+def plain_process(argv: list[str]) -> None:
+    """`score_throughput.py --plain-process IMAGES MODEL OUT.parquet THREADS FORWARD BATCH`: the plain loop as a
+    person would run it without Ray, a process of its own: imports, model load, the loop, a Parquet of
+    (path, prob_ai). What (a') times from outside, as (d) times `raydetect score`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from raydetect.config import load_settings
+    from raydetect.models.bundle import load_detector
+
+    images, model, out, threads, forward, batch = argv
+    torch.set_num_threads(int(threads))
+    detector = load_detector(model, device="cpu", precision=load_settings().precision)
+    paths = sorted(Path(images).glob("*.jpg"))
+    probs: list[float] = []
+    plain_loop(paths, detector, int(batch), forward=int(forward), probs=probs)
+    pq.write_table(pa.table({"path": [str(p) for p in paths], "prob_ai": probs}), out)
+
+
+def timed_process(command: list[str], env: dict[str, str] | None = None) -> float:
+    """Wall seconds of `command` as its own process (output discarded; a failure raises)."""
+    import subprocess
+
+    env = env if env is not None else {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
 
 
 def model_only(batches: list[np.ndarray], detector, size: int | None = None) -> float:
@@ -109,21 +147,63 @@ def batch_size_study(batches: list[np.ndarray], detector, sizes: str) -> dict[in
     return figures
 
 
-def cli_score(work: Path, model_uri: str, args) -> tuple[float, float]:
+def cli_score(work: Path, model_uri: str, args, address: str | None = None) -> tuple[float, float]:
     """images/s and wall seconds of `raydetect score IMAGES --model M` as its own process (what a nightly
-    job runs: interpreter and imports, Ray's start-up and shutdown, the pipeline, the Parquet)."""
-    import subprocess
+    job runs: interpreter and imports, the pipeline, the Parquet; Ray's start-up and shutdown too unless
+    `address` names a running cluster to join)."""
     import sys
 
     command = [sys.executable, "-m", "raydetect.cli", "score", str(work / "images"), "--model", model_uri,
-               "-o", str(work / "out_cli"), "--run-id", "cli", "--batch-size", str(args.batch_size)]
+               "-o", str(work / "out_cli"), "--run-id", f"cli{int(time.time())}", "--batch-size",
+               str(args.batch_size)]  # fmt: skip
+    if address:
+        command += ["--ray-address", address]
     for item in args.overrides:
         command += ["--set", item]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    start = time.perf_counter()
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
+    wall = timed_process(command)
     return args.n / wall, wall
+
+
+@contextlib.contextmanager
+def running_cluster(cores: int):
+    """A local Ray cluster started by `ray start --head --block` in its own process (as an operator keeps one
+    running for nightly jobs); yields its address, and stops it (SIGTERM to the blocking `ray start`)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", f"--num-cpus={cores}",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while not _cluster_up(address):
+            if head.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"`ray start --head` did not come up at {address}")
+            time.sleep(1)
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def _cluster_up(address: str) -> bool:
+    import subprocess
+    import sys
+
+    probe = [sys.executable, "-c", f"import ray; ray.init(address={address!r}); print(ray.cluster_resources())"]
+    return subprocess.run(probe, capture_output=True, timeout=60).returncode == 0
 
 
 def precisions_to_measure(text: str | None, run_precision: str, device: str = "cpu") -> list[str]:
@@ -295,8 +375,18 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
 
-    if not args.no_cli:  # (d) what a user runs: one `raydetect score` process, Ray start-up and shutdown in
+    if not args.no_cli:  # whole processes, timed from outside: what a user runs
+        import sys
+
+        # (a') the plain loop as a process of its own (imports, model load, loop, Parquet)
+        plain_command = [sys.executable, __file__, "--plain-process", str(work / "images"), model_uri,
+                         str(work / "plain.parquet"), str(best), str(forward), str(args.batch_size)]  # fmt: skip
+        out["a_process_wall_s"] = timed_process(plain_command)
+        out["a_process"] = args.n / out["a_process_wall_s"]
+        # (d) `raydetect score` starting (and stopping) its own local cluster, then (d') joining a running one
         out["d_cli_whole_process"], out["d_cli_wall_s"] = cli_score(work, model_uri, args)
+        with running_cluster(cores) as address:
+            out["d_joined_whole_process"], out["d_joined_wall_s"] = cli_score(work, model_uri, args, address)
     torch.set_num_threads(best)
     out["a_plain_loop_after"] = plain_loop(paths, detector, args.batch_size, forward=forward)
     plain = (out["a_plain_loop"] + out["a_plain_loop_after"]) / 2
@@ -308,6 +398,9 @@ def main(argv: list[str] | None = None) -> dict:
     out["ratio_steady_vs_model_only"] = out["c_pipeline_steady_state"] / out["b_model_only"]
     out["ratio_end_to_end_vs_model_only"] = out["c_pipeline_end_to_end"] / out["b_model_only"]
     out["ratio_cli_vs_plain"] = out.get("d_cli_whole_process", float("nan")) / plain
+    nan = float("nan")
+    out["ratio_cli_vs_plain_process"] = out.get("d_cli_whole_process", nan) / out.get("a_process", nan)
+    out["ratio_joined_vs_plain_process"] = out.get("d_joined_whole_process", nan) / out.get("a_process", nan)
     out["ratio_ceiling_vs_plain"] = out["b_ceiling"] / plain
 
     lines = [
@@ -327,8 +420,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"(c) Ray Data pipeline, end to end     {out['c_pipeline_end_to_end']:8.1f} img/s"
         f"  (actors {out['pipeline']['actors']}, decode num_cpus {settings.score.decode_num_cpus});"
         f" CPU {out['c_cpu_ms_per_image']:.1f} ms/image, all Ray processes, start-up included",
-        f"(d) `raydetect score`, whole process {out.get('d_cli_whole_process', float('nan')):8.1f} img/s"
-        f"  ({out.get('d_cli_wall_s', float('nan')):.1f} s: Python, Ray start-up and shutdown included)",
+        f"(a') plain loop, its own process      {out.get('a_process', nan):8.1f} img/s"
+        f"  ({out.get('a_process_wall_s', nan):.1f} s: Python, imports and model load included)",
+        f"(d) `raydetect score`, whole process {out.get('d_cli_whole_process', nan):8.1f} img/s"
+        f"  ({out.get('d_cli_wall_s', nan):.1f} s: Python, Ray start-up and shutdown included)",
+        f"(d') the same joining a running cluster {out.get('d_joined_whole_process', nan):6.1f} img/s"
+        f"  ({out.get('d_joined_wall_s', nan):.1f} s: `--ray-address` of a `ray start --head` cluster)",
+        f"whole processes: (d)/(a') {out['ratio_cli_vs_plain_process']:.2f}, (d')/(a') "
+        f"{out['ratio_joined_vs_plain_process']:.2f} (goal >= 1.2)",
         f"(c)/(a): steady {out['ratio_steady_vs_plain']:.2f}, end to end {out['ratio_end_to_end_vs_plain']:.2f};"
         f" (d)/(a): {out['ratio_cli_vs_plain']:.2f} (goal >= 1.2)",
         f"ceiling / (a): {out['ratio_ceiling_vs_plain']:.2f} (the model alone on every core, no decode, no Ray: "
@@ -346,4 +445,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["--plain-process"]:
+        plain_process(sys.argv[2:])
+    else:
+        main()
