@@ -167,7 +167,19 @@ def cli_score(work: Path, model_uri: str, args, address: str | None = None) -> t
 @contextlib.contextmanager
 def running_cluster(cores: int):
     """A local Ray cluster started by `ray start --head --block` in its own process (as an operator keeps one
-    running for nightly jobs); yields its address, and stops it (SIGTERM to the blocking `ray start`)."""
+    running for nightly jobs); yields its address, and stops it (SIGTERM to the blocking `ray start`).
+
+    Token auth, as Ray starts local clusters: a driver given an explicit address sends the token only with
+    RAY_AUTH_MODE=token, so the variable is set (unless already) in this process, for the processes it starts."""
+
+    from raydetect.cluster import environment
+
+    with environment({"RAY_AUTH_MODE": "token"}), _head(cores) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def _head(cores: int):
     import signal
     import socket
     import subprocess
@@ -196,6 +208,11 @@ def running_cluster(cores: int):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        # `ray start` leaves its address in /tmp/ray/ray_current_cluster, where a later plain `ray.init()` would
+        # try to join the stopped cluster (`ray stop` removes it, but also stops every other cluster here)
+        marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
+            marker.unlink()
 
 
 def _cluster_up(address: str) -> bool:
