@@ -13,9 +13,11 @@ per request (load generator, Serve proxy, ingress, model replica, controller; fr
 it does not depend on how busy the machine is. The overhead's breakdown comes from the ingress's
 `Server-Timing` header: proxy + HTTP, the ingress's read/decode and the rest of its work, the handle call to
 `@serve.batch` (with its batch wait), the coalescer's wait, the model, and the reply hop.
-`--preprocess-on model` has the model replica decode the JPEG (`serve.preprocess_on`). The local cluster starts
-the way `raydetect serve` starts its own (`cluster.connect` with the settings): Serve's HAProxy ingress and gRPC
-between deployments (`serve.haproxy`); `--no-haproxy` runs Serve's Python proxy actor instead.
+`--preprocess-on model` has the model replica decode the JPEG (`serve.preprocess_on`); `--topology fused` runs
+the model inside the ingress replica (`serve.topology`: one process, no hop; its CPU shows under `model`).
+The local cluster starts the way `raydetect serve` starts its own (`cluster.connect` with the settings): Serve's
+HAProxy ingress and gRPC between deployments (`serve.haproxy`); `--no-haproxy` runs Serve's Python proxy actor
+instead.
 
     .venv/bin/python benchmarks/serve_load.py                  # resnet18 (random weights), 224 px, 2 rounds,
                                                                # the model replica on all cores (--torch-threads)
@@ -123,7 +125,9 @@ def _serve_pids(url: str) -> dict[str, int]:
             key = "proxy" if "PROXY" in actor["name"] else "controller"
             pids[key] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()))
     info = httpx.get(f"{url}/v1/model", timeout=30).json()
-    pids.update(ingress=info["ingress"]["pid"], model=info["pid"])
+    pids["model"] = info["pid"]
+    if info["ingress"]["pid"] != info["pid"]:  # one process under `serve.topology: fused`: counted once, as model
+        pids["ingress"] = info["ingress"]["pid"]
     return pids
 
 
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch threads in the model replica (0: this machine's cores, as on a dedicated node)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    parser.add_argument("--topology", default="split", choices=("split", "fused"),
+                        help="serve.topology: ingress and model deployments, or the model in the ingress replica")
     parser.add_argument("--no-haproxy", action="store_true",
                         help="serve.haproxy false: Serve's Python proxy actor and Ray actor calls between deployments "
                              "(the default is Serve's HAProxy ingress with gRPC between deployments)")
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
             "torch_threads": args.torch_threads, "max_ongoing_requests": max(32, 2 * args.max_batch_size),
             "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s,
             "audit_log": str(tmp / "audit.jsonl"), "preprocess_on": args.preprocess_on,
-            "haproxy": not args.no_haproxy,
+            "haproxy": not args.no_haproxy, "topology": args.topology,
         },
     })
     settings_file = tmp / "raydetect.yaml"
@@ -248,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()[0]
     print(f"load average before: {load_before:.1f} (1 min) on {os.cpu_count()} cores; model {model_uri}; "
           f"{args.torch_threads} torch thread(s) in the model replica; "
-          f"{'Serve proxy actor' if args.no_haproxy else 'HAProxy ingress + gRPC between deployments'}")
+          f"{'Serve proxy actor' if args.no_haproxy else 'HAProxy ingress + gRPC between deployments'}; "
+          f"topology {args.topology}")
 
     def config(max_batch_size: int) -> ServeDeploySchema:
         user_config = {"model_uri": model_uri, "max_batch_size": max_batch_size,
@@ -256,7 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
         return ServeDeploySchema.model_validate({"applications": [{
             "name": "bench", "route_prefix": "/", "import_path": "raydetect.serve.app:app_builder",
             "args": {"config": str(settings_file), "model_uri": model_uri},
-            "deployments": [{"name": "DetectorModel", "user_config": user_config}],
+            "deployments": [{"name": "DetectorModel" if args.topology == "split" else "RayDetectAPI",
+                             "user_config": user_config}],
         }]})
 
     connect("local", num_cpus=args.num_cpus, log_to_driver=False, settings=settings)  # Serve's environment too
@@ -303,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)  # the random model, settings file and audit log
 
     summary: dict = {"model_uri": model_uri, "load_before": load_before, "rounds": args.rounds, "levels": {},
-                     "haproxy": not args.no_haproxy}
+                     "haproxy": not args.no_haproxy, "topology": args.topology}
     print()
     print(f"{'mode':<12} {'c':>3} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'batch':>5}   CPU ms per request: "
           + "  ".join(f"{name:>6}" for name in CPU_COLUMNS))

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -226,6 +227,7 @@ class ModelInfo(BaseModel):
     registry_version: str | None = Field(None, description="the registry version answering, when from the registry")
     precision: str = Field(description="forward-pass precision the replica runs: fp32 | bf16 | fp16")
     preprocess_on: str = Field(description="where JPEGs are decoded and cut into views: ingress | model")
+    topology: str = Field("split", description="split: model and ingress deployments | fused: one deployment")
 
 
 def _replica_id() -> str:
@@ -448,6 +450,17 @@ class DetectorModel:
         return await asyncio.to_thread(self._explain_sync, item)
 
 
+class LocalModel:
+    """`serve.topology: fused`: the model deployment's class in this (ingress) replica, called the way the
+    ingress calls a DeploymentHandle (`await model.predict.remote(item)`), so one code path serves both."""
+
+    def __init__(self, model: Any):
+        self.instance = model
+
+    def __getattr__(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(remote=getattr(self.instance, name))
+
+
 # --- the HTTP ingress -----------------------------------------------------------------------------------
 
 
@@ -583,10 +596,14 @@ def _render_overlay(image, result: dict[str, Any], max_pixels: int):
 @serve.deployment(name=INGRESS_DEPLOYMENT, max_ongoing_requests=128)
 @serve.ingress(api)
 class RayDetectAPI:
-    """HTTP front door: auth, body limit, safe decoding, audit log; the model runs in `DetectorModel`."""
+    """HTTP front door: auth, body limit, safe decoding, audit log; the model runs in `DetectorModel`: its
+    deployment (`model` a handle), or this replica (`serve.topology: fused`: `model` holds its arguments,
+    and this deployment's user_config reaches `DetectorModel.reconfigure`)."""
 
-    def __init__(self, model: DeploymentHandle, options: IngressOptions):
-        self.model = model
+    def __init__(self, model: DeploymentHandle | dict[str, Any], options: IngressOptions):
+        self.local = DetectorModel.func_or_class(**model) if isinstance(model, dict) else None
+        self.model = LocalModel(self.local) if self.local is not None else model
+        self.topology = "split" if self.local is None else "fused"
         self.options = options
         self.api_key = load_api_key(options.api_key_file)
         self.audit = AuditLog(options.audit_log)
@@ -597,6 +614,16 @@ class RayDetectAPI:
         import raydetect.explain.core  # noqa: F401
         auth = f"on ({self.api_key.source})" if self.api_key else "off"
         logger.info("RayDetectAPI ready: API key auth %s; audit log %s", auth, options.audit_log or "memory")
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve calls this with the deployment's user_config: the model's, when it runs in this replica."""
+        if self.local is None:
+            raise ValueError(f"user_config belongs to the {MODEL_DEPLOYMENT} deployment (serve.topology: split)")
+        self.local.reconfigure(config)
+
+    def check_health(self) -> None:
+        if self.local is not None:
+            self.local.check_health()
 
     # -- request plumbing --
 
@@ -759,7 +786,7 @@ class RayDetectAPI:
                   "allowed_formats": list(self.options.limits.allowed_formats)}
         ingress = {"replica": _replica_id(), "pid": os.getpid()}
         return {**info, "auth": auth, "limits": limits, "ingress": ingress,
-                "preprocess_on": self.options.preprocess_on}
+                "preprocess_on": self.options.preprocess_on, "topology": self.topology}
 
     @api.post("/v1/predict", response_model=Prediction, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
               dependencies=[Depends(_bearer)], summary="Score one image")
@@ -887,24 +914,29 @@ def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel |
     if resolved.version is not None:
         user_config.update(registry_version=resolved.version, model_ref=resolved.ref)
     gpus = _gpus_per_replica(settings)
-    model = DetectorModel.options(
-        autoscaling_config={
+    model_args = {"device": settings.device, "torch_threads": s.torch_threads, "precision": settings.precision,
+                  "registry_uri": settings.mlflow_uri(), "explain": settings.explain.model_dump(),
+                  "storage_settings": settings.storage}  # fmt: skip
+    model_options = {
+        "autoscaling_config": {
             "min_replicas": s.min_replicas,
             "max_replicas": s.max_replicas,
             "target_ongoing_requests": s.target_ongoing_requests,
         },
-        max_ongoing_requests=s.max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.replica_num_cpus, "num_gpus": gpus},
-        user_config=user_config,
-    ).bind(device=settings.device, torch_threads=s.torch_threads, precision=settings.precision,
-           registry_uri=settings.mlflow_uri(), explain=settings.explain.model_dump(),
-           storage_settings=settings.storage)
+        "ray_actor_options": {"num_cpus": s.replica_num_cpus, "num_gpus": gpus},
+        "user_config": user_config,
+    }
+    options = IngressOptions.from_settings(settings, gpus)
+    if s.topology == "fused":  # one deployment: the model's resources and autoscaling, the ingress's queue
+        ingress = RayDetectAPI.options(max_ongoing_requests=max(4 * s.max_ongoing_requests, 64), **model_options)
+        return ingress.bind(model_args, options)
+    model = DetectorModel.options(max_ongoing_requests=s.max_ongoing_requests, **model_options).bind(**model_args)
     ingress = RayDetectAPI.options(
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),
         ray_actor_options={"num_cpus": s.ingress_num_cpus},
     )
-    return ingress.bind(model, IngressOptions.from_settings(settings, gpus))
+    return ingress.bind(model, options)
 
 
 class AppArgs(BaseModel):

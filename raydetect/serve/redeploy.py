@@ -51,10 +51,12 @@ def deployed_configs(address: str) -> list[dict[str, Any]]:
 
 
 def model_options(app_config: dict[str, Any]) -> dict[str, Any]:
-    """The `DetectorModel` deployment's entry of an application config (created when it has none)."""
+    """The entry of an application config whose user_config names the model: the `DetectorModel` deployment's,
+    or the ingress's when the model runs in it (`serve.topology: fused`); a `DetectorModel` entry is created
+    when there is neither."""
     deployments = app_config.setdefault("deployments", [])
     for deployment in deployments:
-        if deployment.get("name") == MODEL_DEPLOYMENT:
+        if deployment.get("name") == MODEL_DEPLOYMENT or "model_uri" in (deployment.get("user_config") or {}):
             return deployment
     deployments.append({"name": MODEL_DEPLOYMENT})
     return deployments[-1]
