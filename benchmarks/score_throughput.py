@@ -219,7 +219,7 @@ def _cluster_up(address: str) -> bool:
     import subprocess
     import sys
 
-    probe = [sys.executable, "-c", f"import ray; ray.init(address={address!r}); print(ray.cluster_resources())"]
+    probe = [sys.executable, "-c", f"from raydetect.cluster import connect; connect({address!r})"]
     return subprocess.run(probe, capture_output=True, timeout=60).returncode == 0
 
 
@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
+    from raydetect.cluster import connect
     from raydetect.config import load_settings
     from raydetect.models.backbones import build_backbone
     from raydetect.models.bundle import Detector, ModelCard, resolved_precision, save_model
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # (c) the Ray Data pipeline (its own local cluster of this machine's cores)
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    connect("local", num_cpus=cores, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         start, cpu = time.perf_counter(), tree_cpu_seconds()

@@ -32,8 +32,10 @@ def connect(
     num_cpus: int | None = None,
     log_to_driver: bool = True,
     settings: Settings | None = None,
+    configure_logging: bool = True,
 ) -> None:
-    """Initialise Ray once; `num_cpus` and `settings`' Serve environment apply only to a cluster started here."""
+    """Initialise Ray once; `num_cpus` and `settings`' Serve environment apply only to a cluster started here.
+    `configure_logging=False` leaves this process's logging alone (tests, benchmarks that print tables)."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # 2.60's default; a stale 0 would bring back Train V1
@@ -46,10 +48,11 @@ def connect(
     # "local", not None: ray.init(address=None) would join any cluster already running on this machine
     # (someone else's `ray start`, another command's cluster), which is not what a plain command asks for
     if target != "local":
-        ray.init(address=target, log_to_driver=log_to_driver)
+        ray.init(address=target, log_to_driver=log_to_driver, configure_logging=configure_logging)
         return
     with environment(serve_environment(settings) if settings else {}):
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
+                 configure_logging=configure_logging)
 
 
 def serve_environment(settings: Settings) -> dict[str, str]:

@@ -66,19 +66,12 @@ def ray_cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """One local Ray cluster for the whole session (starting one costs ~6 s)."""
     import ray
 
-    from raydetect.cluster import environment, serve_environment
+    from raydetect.cluster import connect
     from raydetect.config import load_settings
 
     os.environ.pop("RAY_ADDRESS", None)  # a stale address makes ray.init() hang for minutes
-    if not ray.is_initialized():
-        with environment(serve_environment(load_settings())):  # Serve as raydetect runs it: HAProxy ingress
-            ray.init(
-                address="local",
-                num_cpus=RAY_TEST_CPUS,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+    # started as raydetect starts its own (Serve's environment: HAProxy ingress); a no-op when Ray is up
+    connect("local", num_cpus=RAY_TEST_CPUS, log_to_driver=False, settings=load_settings(), configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
