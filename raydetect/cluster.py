@@ -60,7 +60,8 @@ def serve_environment(settings: Settings) -> dict[str, str]:
     high-throughput mode (Ray >= 2.56): HAProxy in place of the Python proxy actor, in front of ingress
     replicas that listen on HTTP ports of their own (30000+, on `serve.host`), and gRPC between deployments.
     On 2 cores it takes about 10 ms off every request (benchmarks/serve_load.py). For a local cluster, HAProxy's
-    Prometheus port is a free one (two local Serve instances never collide on Ray's fixed 9101) and a stopping
+    Prometheus and stats ports are free ones (two local Serve instances never collide on Ray's fixed 9101 and
+    8404, where the second's HAProxy would not start) and a stopping
     ingress replica waits 2 s, not 30 s, for HAProxy (on this node) to stop sending it requests. Variables
     already set in this process win."""
     if not settings.serve.haproxy:
@@ -73,6 +74,7 @@ def serve_environment(settings: Settings) -> dict[str, str]:
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
 

@@ -12,6 +12,7 @@ def test_serve_environment_is_serves_haproxy_mode_and_nothing_when_switched_off(
     env = serve_environment(load_settings())
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert 0 < int(env["RAY_SERVE_HAPROXY_METRICS_PORT"]) < 65536 and env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
+    assert 0 < int(env["RAY_SERVE_HAPROXY_STATS_PORT"]) < 65536 and env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
     assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) <= 5
     assert serve_environment(load_settings(overrides=["serve.haproxy=false"])) == {}
 
