@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     from raydetect.config import load_settings
     from raydetect.models.backbones import build_backbone
     from raydetect.models.bundle import ModelCard, save_model
+    from raydetect.serve.app import model_deployment
 
     levels = [int(c) for c in args.levels.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="raydetect-serve-load-"))
@@ -263,8 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         return ServeDeploySchema.model_validate({"applications": [{
             "name": "bench", "route_prefix": "/", "import_path": "raydetect.serve.app:app_builder",
             "args": {"config": str(settings_file), "model_uri": model_uri},
-            "deployments": [{"name": "DetectorModel" if args.topology == "split" else "RayDetectAPI",
-                             "user_config": user_config}],
+            "deployments": [{"name": model_deployment(args.topology), "user_config": user_config}],
         }]})
 
     connect("local", num_cpus=args.num_cpus, log_to_driver=False, settings=settings)  # Serve's environment too

@@ -78,10 +78,21 @@ logger = logging.getLogger("ray.serve")
 
 MODEL_DEPLOYMENT = "DetectorModel"
 INGRESS_DEPLOYMENT = "RayDetectAPI"
+
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_S = 0.0
 # Serve batches may all be in flight at once: they wait in the Coalescer, which merges them per forward pass.
 MAX_CONCURRENT_BATCHES = 256
+
+
+def model_deployment(topology: str) -> str:
+    """The deployment whose user_config names the model: its own (`split`), or the ingress it runs in (`fused`)."""
+    return INGRESS_DEPLOYMENT if topology == "fused" else MODEL_DEPLOYMENT
+
+
+def carries_model(entry: dict[str, Any]) -> bool:
+    """Whether a deployment's entry of an application config holds the model's user_config (either topology)."""
+    return entry.get("name") == MODEL_DEPLOYMENT or "model_uri" in (entry.get("user_config") or {})
 
 
 class _DropConcurrentBatchesWarning(logging.Filter):
@@ -270,6 +281,10 @@ class DetectorModel:
         self.jpegs_decoded = 0  # JPEGs this replica decoded itself (`serve.preprocess_on: model`)
         self._coalescer = Coalescer(self._predict_sync, lambda: self.predict._get_max_batch_size())
         logging.getLogger("ray.serve").addFilter(_DropConcurrentBatchesWarning())
+
+    @property
+    def topology(self) -> str:
+        return "split" if self.local is None else "fused"
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this at start and on every `user_config` change: (re)load the model if its URI or
@@ -603,7 +618,6 @@ class RayDetectAPI:
     def __init__(self, model: DeploymentHandle | dict[str, Any], options: IngressOptions):
         self.local = DetectorModel.func_or_class(**model) if isinstance(model, dict) else None
         self.model = LocalModel(self.local) if self.local is not None else model
-        self.topology = "split" if self.local is None else "fused"
         self.options = options
         self.api_key = load_api_key(options.api_key_file)
         self.audit = AuditLog(options.audit_log)
@@ -614,6 +628,10 @@ class RayDetectAPI:
         import raydetect.explain.core  # noqa: F401
         auth = f"on ({self.api_key.source})" if self.api_key else "off"
         logger.info("RayDetectAPI ready: API key auth %s; audit log %s", auth, options.audit_log or "memory")
+
+    @property
+    def topology(self) -> str:
+        return "split" if self.local is None else "fused"
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's user_config: the model's, when it runs in this replica."""
@@ -927,13 +945,13 @@ def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel |
         "user_config": user_config,
     }
     options = IngressOptions.from_settings(settings, gpus)
+    ingress_queue = max(4 * s.max_ongoing_requests, 64)
     if s.topology == "fused":  # one deployment: the model's resources and autoscaling, the ingress's queue
-        ingress = RayDetectAPI.options(max_ongoing_requests=max(4 * s.max_ongoing_requests, 64), **model_options)
-        return ingress.bind(model_args, options)
+        return RayDetectAPI.options(max_ongoing_requests=ingress_queue, **model_options).bind(model_args, options)
     model = DetectorModel.options(max_ongoing_requests=s.max_ongoing_requests, **model_options).bind(**model_args)
     ingress = RayDetectAPI.options(
         num_replicas=s.ingress_replicas,
-        max_ongoing_requests=max(4 * s.max_ongoing_requests, 64),
+        max_ongoing_requests=ingress_queue,
         ray_actor_options={"num_cpus": s.ingress_num_cpus},
     )
     return ingress.bind(model, options)

@@ -58,7 +58,7 @@ def render(settings: Settings | None = None) -> str:
     from ray.serve.schema import LoggingConfig, ServeApplicationSchema, ServeDeploySchema
     from ray.serve.scripts import ServeDeploySchemaDumper
 
-    from raydetect.serve.app import MODEL_DEPLOYMENT, build_app
+    from raydetect.serve.app import build_app, carries_model
 
     settings = settings or load_settings()
     model_uri = default_model_uri(settings)
@@ -66,7 +66,7 @@ def render(settings: Settings | None = None) -> str:
     deployments = []
     for deployment in built.deployments:
         schema = deployment_to_schema(deployment).model_dump(exclude_unset=True)
-        if schema["name"] == MODEL_DEPLOYMENT or "model_uri" in schema.get("user_config", {}):  # fused: the ingress
+        if carries_model(schema):
             schema["user_config"] = dict(schema["user_config"], model_uri=model_uri)
             # Serve replaces the builder's whole ray_actor_options with a block from this file, which would
             # drop the GPU the builder asks for on a GPU cluster: resources go through args.overrides.

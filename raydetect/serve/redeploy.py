@@ -27,7 +27,7 @@ import yaml
 
 from raydetect.config import Settings
 from raydetect.registry import ResolvedModel, resolve_model
-from raydetect.serve.app import MODEL_DEPLOYMENT
+from raydetect.serve.app import MODEL_DEPLOYMENT, carries_model
 
 APP_NAME = "raydetect"
 
@@ -56,7 +56,7 @@ def model_options(app_config: dict[str, Any]) -> dict[str, Any]:
     when there is neither."""
     deployments = app_config.setdefault("deployments", [])
     for deployment in deployments:
-        if deployment.get("name") == MODEL_DEPLOYMENT or "model_uri" in (deployment.get("user_config") or {}):
+        if carries_model(deployment):
             return deployment
     deployments.append({"name": MODEL_DEPLOYMENT})
     return deployments[-1]
