@@ -14,7 +14,8 @@ it does not depend on how busy the machine is. The overhead's breakdown comes fr
 `Server-Timing` header: proxy + HTTP, the ingress's read/decode and the rest of its work, the handle call to
 `@serve.batch` (with its batch wait), the coalescer's wait, the model, and the reply hop.
 `--preprocess-on model` has the model replica decode the JPEG (`serve.preprocess_on`); `--topology fused` runs
-the model inside the ingress replica (`serve.topology`: one process, no hop; its CPU shows under `model`).
+the model inside the ingress replica (`serve.topology`: one process, no hop; its CPU shows under `model`),
+which the default, `auto`, picks where the model replica gets no GPU; `--topology split` the two deployments.
 The local cluster starts the way `raydetect serve` starts its own (`cluster.connect` with the settings): Serve's
 HAProxy ingress and gRPC between deployments (`serve.haproxy`); `--no-haproxy` runs Serve's Python proxy actor
 instead.
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch threads in the model replica (0: this machine's cores, as on a dedicated node)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
-    parser.add_argument("--topology", default="split", choices=("split", "fused"),
+    parser.add_argument("--topology", default="auto", choices=("auto", "split", "fused"),
                         help="serve.topology: ingress and model deployments, or the model in the ingress replica")
     parser.add_argument("--no-haproxy", action="store_true",
                         help="serve.haproxy false: Serve's Python proxy actor and Ray actor calls between deployments "
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     from raydetect.config import load_settings
     from raydetect.models.backbones import build_backbone
     from raydetect.models.bundle import ModelCard, save_model
-    from raydetect.serve.app import model_deployment
+    from raydetect.serve.app import model_deployment, serve_topology
 
     levels = [int(c) for c in args.levels.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="raydetect-serve-load-"))
@@ -249,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
             "haproxy": not args.no_haproxy, "topology": args.topology,
         },
     })
+    topology = serve_topology(settings)  # auto, resolved here: the deployment to configure is named by it
+    settings.serve.topology = topology
     settings_file = tmp / "raydetect.yaml"
     settings_file.write_text(yaml.safe_dump(settings.model_dump()))
     data = _test_jpeg()
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"load average before: {load_before:.1f} (1 min) on {os.cpu_count()} cores; model {model_uri}; "
           f"{args.torch_threads} torch thread(s) in the model replica; "
           f"{'Serve proxy actor' if args.no_haproxy else 'HAProxy ingress + gRPC between deployments'}; "
-          f"topology {args.topology}")
+          f"topology {topology}")
 
     def config(max_batch_size: int) -> ServeDeploySchema:
         user_config = {"model_uri": model_uri, "max_batch_size": max_batch_size,
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
         return ServeDeploySchema.model_validate({"applications": [{
             "name": "bench", "route_prefix": "/", "import_path": "raydetect.serve.app:app_builder",
             "args": {"config": str(settings_file), "model_uri": model_uri},
-            "deployments": [{"name": model_deployment(args.topology), "user_config": user_config}],
+            "deployments": [{"name": model_deployment(topology), "user_config": user_config}],
         }]})
 
     connect("local", num_cpus=args.num_cpus, log_to_driver=False, settings=settings)  # Serve's environment too
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)  # the random model, settings file and audit log
 
     summary: dict = {"model_uri": model_uri, "load_before": load_before, "rounds": args.rounds, "levels": {},
-                     "haproxy": not args.no_haproxy, "topology": args.topology}
+                     "haproxy": not args.no_haproxy, "topology": topology}
     print()
     print(f"{'mode':<12} {'c':>3} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'batch':>5}   CPU ms per request: "
           + "  ".join(f"{name:>6}" for name in CPU_COLUMNS))

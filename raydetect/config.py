@@ -239,8 +239,10 @@ class ServeSettings(_Section):
     haproxy: bool = True
     # split: the HTTP ingress and the model are two deployments (decode and model scale apart; a GPU model
     # replica behind CPU ingress replicas) | fused: one deployment, the model in each ingress replica (no hop
-    # between them: about 4 ms and one process's CPU less per request; autoscaled as the model was)
-    topology: Literal["split", "fused"] = "split"
+    # between them: about 4 ms and one process's CPU less per request; autoscaled as the model was) | auto:
+    # split when model replicas get a GPU, else fused (`serve.app.serve_topology`); split when deployed from a
+    # Serve config file, which names both deployments (`serve.app.config_file_settings`)
+    topology: Literal["auto", "split", "fused"] = "auto"
 
 
 class GateSettings(_Section):

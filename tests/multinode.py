@@ -63,7 +63,7 @@ def train_fold(root: Path, tmp: Path) -> dict:
 def serve_app(model: str, tmp: Path) -> dict:
     from ray import serve
 
-    from raydetect.serve.app import build_app
+    from raydetect.serve.app import build_app, model_deployment, serve_topology
     from tests.serve_support import encode, free_port, photo
 
     settings = _settings(tmp, serve={"min_replicas": 2, "max_replicas": 2, "replica_num_cpus": ACTOR_CPUS,
@@ -77,7 +77,8 @@ def serve_app(model: str, tmp: Path) -> dict:
                                          headers={"Content-Type": "application/octet-stream"}, method="POST")
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - our own local server
             answers.append(json.loads(response.read())["prob_ai"])
-    facts = {"serve_nodes": _nodes_of("ServeReplica:raydetect:DetectorModel"), "serve_answers": len(answers)}
+    replicas = f"ServeReplica:raydetect:{model_deployment(serve_topology(settings))}"  # the model's replicas
+    facts = {"serve_nodes": _nodes_of(replicas), "serve_answers": len(answers)}
     serve.shutdown()
     return facts
 

@@ -85,6 +85,29 @@ DEFAULT_BATCH_WAIT_S = 0.0
 MAX_CONCURRENT_BATCHES = 256
 
 
+def resolved_topology(topology: str, model_gpus: float) -> str:
+    """`serve.topology` for model replicas of `model_gpus` GPUs each: `auto` splits a GPU model replica from
+    CPU ingress replicas (they decode, the GPU replica batches; scaled apart) and fuses a CPU model into the
+    ingress replica (one process: no hop, no second copy of each request)."""
+    if topology != "auto":
+        return topology
+    return "split" if model_gpus > 0 else "fused"
+
+
+def serve_topology(settings: Settings) -> str:
+    """The topology `build_app` builds for `settings` on this cluster (or machine, before Ray starts)."""
+    return resolved_topology(settings.serve.topology, _gpus_per_replica(settings))
+
+
+def config_file_settings(settings: Settings) -> Settings:
+    """`settings` as an application built from a Serve config file takes them (`app_builder`, and the
+    generator of serve_config.yaml): `serve.topology: auto` is `split` there, the topology whose two
+    deployments such a file names, whatever devices the cluster it lands on has."""
+    if settings.serve.topology != "auto":
+        return settings
+    return settings.model_copy(update={"serve": settings.serve.model_copy(update={"topology": "split"})})
+
+
 def model_deployment(topology: str) -> str:
     """The deployment whose user_config names the model: its own (`split`), or the ingress it runs in (`fused`)."""
     return INGRESS_DEPLOYMENT if topology == "fused" else MODEL_DEPLOYMENT
@@ -946,7 +969,7 @@ def build_app(settings: Settings | None = None, model_uri: str | ResolvedModel |
     }
     options = IngressOptions.from_settings(settings, gpus)
     ingress_queue = max(4 * s.max_ongoing_requests, 64)
-    if s.topology == "fused":  # one deployment: the model's resources and autoscaling, the ingress's queue
+    if resolved_topology(s.topology, gpus) == "fused":  # one deployment: the model's resources and autoscaling
         return RayDetectAPI.options(max_ongoing_requests=ingress_queue, **model_options).bind(model_args, options)
     model = DetectorModel.options(max_ongoing_requests=s.max_ongoing_requests, **model_options).bind(**model_args)
     ingress = RayDetectAPI.options(
@@ -969,7 +992,7 @@ class AppArgs(BaseModel):
 def app_builder(args: dict[str, Any] | AppArgs | None = None) -> serve.Application:
     """`import_path: raydetect.serve.app:app_builder` (for `serve run` / `serve deploy`)."""
     parsed = args if isinstance(args, AppArgs) else AppArgs.model_validate(dict(args or {}))
-    settings = load_settings(parsed.config, parsed.overrides)
+    settings = config_file_settings(load_settings(parsed.config, parsed.overrides))
     return build_app(settings, parsed.model_uri)
 
 

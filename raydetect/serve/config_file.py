@@ -32,6 +32,10 @@ HEADER = """\
 #   and `serve deploy` again: replicas reload in place, without a restart. After `raydetect model promote` /
 #   `rollback`, `raydetect model deploy --address <dashboard>` does that for the registry's new version.
 # - args: `config` (a raydetect YAML file) and `overrides` (section.key=value) feed the app builder.
+#   Deployed from a file, `serve.topology: auto` is `split`: DetectorModel (the model) and RayDetectAPI (HTTP),
+#   the two deployments named here. (`raydetect serve` on a machine without GPUs runs the model inside
+#   RayDetectAPI instead: one deployment, no hop; `serve.topology=fused` in overrides does that from a file
+#   whose only deployment entry is RayDetectAPI, with the model's user_config.)
 # - API key: set RAYDETECT_API_KEY (or RAYDETECT_API_KEY_FILE) in the replicas' environment, e.g. under
 #   runtime_env.env_vars, before exposing the port; every /v1 route then needs `Authorization: Bearer <key>`.
 # - http_options.host 127.0.0.1 keeps the port local; use 0.0.0.0 to accept other machines' traffic.
@@ -58,9 +62,9 @@ def render(settings: Settings | None = None) -> str:
     from ray.serve.schema import LoggingConfig, ServeApplicationSchema, ServeDeploySchema
     from ray.serve.scripts import ServeDeploySchemaDumper
 
-    from raydetect.serve.app import build_app, carries_model
+    from raydetect.serve.app import build_app, carries_model, config_file_settings
 
-    settings = settings or load_settings()
+    settings = config_file_settings(settings or load_settings())
     model_uri = default_model_uri(settings)
     built = serve_build_app(build_app(settings, model_uri), name=APP_NAME)
     deployments = []

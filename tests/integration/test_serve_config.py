@@ -79,6 +79,34 @@ def test_app_builder_takes_args_and_sets_serve_options(tmp_path: Path):
         app_builder({"overrides": ["serve.max_batch_size=64"]})
 
 
+def test_topology_auto_fuses_a_cpu_model_into_the_ingress_but_not_from_a_config_file(tmp_path: Path):
+    """`serve.topology: auto`: one deployment where model replicas run on CPU (`raydetect serve` here), two
+    where they get a GPU; an app deployed from a Serve config file (`app_builder`) is split, as the file's
+    deployment entries are."""
+    from ray.serve._private.build_app import build_app as serve_build_app
+
+    from raydetect.config import load_settings
+    from raydetect.serve.app import app_builder, build_app, resolved_topology
+
+    assert [resolved_topology("auto", gpus) for gpus in (0.0, 0.5, 1.0)] == ["fused", "split", "split"]
+    assert (resolved_topology("split", 0.0), resolved_topology("fused", 1.0)) == ("split", "fused")
+    model = str(tmp_path / "m")
+
+    def deployments(app) -> dict:
+        return {d.name: d for d in serve_build_app(app, name="x").deployments}
+
+    (only,) = deployments(build_app(load_settings(overrides=["device=cpu"]), model)).values()
+    config = only._deployment_config  # the model's options on the ingress
+    assert only.name == "RayDetectAPI" and config.user_config["model_uri"] == model
+    assert config.autoscaling_config.max_replicas == 2 and only.ray_actor_options["num_cpus"] == 1.0
+    gpu = deployments(build_app(load_settings(overrides=["device=cpu", "serve.num_gpus=1"]), model))
+    assert set(gpu) == {"DetectorModel", "RayDetectAPI"} and gpu["DetectorModel"].ray_actor_options["num_gpus"] == 1
+    from_file = deployments(app_builder({"model_uri": model, "overrides": ["device=cpu"]}))
+    assert set(from_file) == {"DetectorModel", "RayDetectAPI"}
+    fused = deployments(app_builder({"model_uri": model, "overrides": ["device=cpu", "serve.topology=fused"]}))
+    assert set(fused) == {"RayDetectAPI"}
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_config_deploy_then_user_config_reload_without_restart(ray_cluster, tmp_path: Path):
