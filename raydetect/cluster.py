@@ -15,7 +15,9 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -45,14 +47,43 @@ def connect(
     if ray.is_initialized():
         return
     target = address or os.environ.get("RAY_ADDRESS") or "local"
-    # "local", not None: ray.init(address=None) would join any cluster already running on this machine
-    # (someone else's `ray start`, another command's cluster), which is not what a plain command asks for
-    if target != "local":
-        ray.init(address=target, log_to_driver=log_to_driver, configure_logging=configure_logging)
+    with unwinding_sigterm():
+        # "local", not None: ray.init(address=None) would join any cluster already running on this machine
+        # (someone else's `ray start`, another command's cluster), which is not what a plain command asks for
+        if target != "local":
+            ray.init(address=target, log_to_driver=log_to_driver, configure_logging=configure_logging)
+            return
+        with environment(serve_environment(settings) if settings else {}):
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
+                     configure_logging=configure_logging)
+
+
+@contextmanager
+def unwinding_sigterm() -> Iterator[None]:
+    """Around `ray.init`: from then on (and for a SIGTERM while it starts, which Ray's own handler turns into
+    sys.exit(15)), SIGTERM unwinds this process as it did before (its own handler), or as `SystemExit(143)`
+    where it had none, which runs `finally` blocks and Ray's exit hook (the local cluster
+    stops with it). Ray's core worker installs a native SIGTERM handler in the driver that prints a stack trace
+    and aborts (exit 134): what `kill`, `timeout`, `docker stop` or Kubernetes got from any command, mid-run.
+    Only in the main thread, the one signals reach."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    with environment(serve_environment(settings) if settings else {}):
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
-                 configure_logging=configure_logging)
+    before = signal.getsignal(signal.SIGTERM)
+    handler = before if callable(before) else _exit_on_sigterm
+    try:
+        yield
+    except SystemExit as exc:  # ray.init's own Python handler while it starts: sys.exit(SIGTERM)
+        if exc.code != signal.SIGTERM:
+            raise
+        handler(signal.SIGTERM, None)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def serve_environment(settings: Settings) -> dict[str, str]:

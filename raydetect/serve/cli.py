@@ -38,14 +38,18 @@ def serve(
     key_file = str(api_key_file.expanduser().resolve()) if api_key_file else None
     flags = {"serve.port": port, "serve.host": host, "serve.api_key_file": key_file}
     settings = load_settings(config, [*(overrides or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)])
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, Kubernetes: the same as Ctrl-C, from the start
     try:
         url = start_local(settings, model)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         stop_local()
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # stopped while starting: nothing was served, nothing to drain
+        typer.echo("stopped before serving; shutting down …")
+        stop_local()
+        return
     typer.echo(f"Serving at {url}  (API docs: {url}docs, health: {url}healthz). Press Ctrl-C to stop.")
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, Kubernetes: the same drain as Ctrl-C
     try:
         while True:
             time.sleep(1)

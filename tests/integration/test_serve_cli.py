@@ -55,6 +55,34 @@ def test_serve_command_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path: Path)
     assert process.returncode == 0, "".join(lines[-30:])
 
 
+@pytest.mark.slow
+def test_sigterm_while_starting_stops_cleanly(tmp_path: Path):
+    """SIGTERM after Ray has started but before the app serves (Ray's native handler would abort: 134): the
+    command stops what it started and exits 0, and nothing listens on the port."""
+    from raydetect.serve.local import port_is_free
+
+    model = make_model(tmp_path / "model", "tinycnn", image_size=32, version="7")
+    port = free_port()
+    process = subprocess.Popen([*RAYDETECT, "serve", "--model", model, "--port", str(port)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=_env(tmp_path), cwd=tmp_path,
+                               start_new_session=True)  # fmt: skip
+    lines: list[str] = []
+    try:
+        for line in iter(process.stdout.readline, ""):
+            lines.append(line)
+            if "Started a local Ray instance" in line:  # Serve and the app are next: several seconds
+                process.send_signal(signal.SIGTERM)
+                break
+        lines.extend(process.communicate(timeout=120)[0].splitlines(keepends=True))
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = "".join(lines)
+    assert process.returncode == 0, output[-3000:]
+    assert "stopped before serving" in output and "Serving at" not in output and "SIGTERM received" not in output
+    assert port_is_free("127.0.0.1", port)
+
+
 def _start_serve(tmp_path: Path, model: str, port: int) -> tuple[subprocess.Popen, list[str], str]:
     process = subprocess.Popen(
         [*RAYDETECT, "serve", "--model", model, "--port", str(port), "--set", "serve.replica_num_cpus=0.5",
