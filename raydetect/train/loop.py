@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from raydetect.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from raydetect.models.allocator import tune_allocator
 from raydetect.models.backbones import early_parameters, stem_parameters
 from raydetect.models.precision import autocast, resolve_precision
 from raydetect.models.views import ViewPolicy, image_logits, normalize
@@ -365,6 +366,7 @@ def fit(
     """
     device = torch.device(device)
     seed_everything(config.seed)
+    tune_allocator()  # as for inference (models/allocator.py): activations and gradients reused, not re-faulted
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = (steps_per_epoch or 1) * config.epochs
     scheduler = cosine_schedule(optimizer, total_steps, config.warmup_steps, config.min_lr_ratio)
