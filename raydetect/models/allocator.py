@@ -4,10 +4,10 @@ A CNN's forward pass allocates and frees activations of several MiB each, every 
 its mmap threshold with fresh `mmap`s and returns freed memory at the top of its heap above a trim threshold,
 so every pass page-faults its activations in again: EfficientNet-Lite0 at 224 px, passes of 8, one thread,
 55,000-67,000 minor page faults a pass. With the mmap threshold at its maximum (32 MiB) and the heap keeping
-256 MiB free, most of them go (19,000-38,000; none for passes of 4) and the forward pass runs 1.3-1.5x faster
-on the 2-core CPU (benchmarks/score_throughput.py). The thresholds are what PyTorch's CPU tuning guides reach
-with jemalloc / tcmalloc, set through glibc's own `mallopt` (no preload, no environment). Memory that a process
-once needed stays mapped for reuse (at most 256 MiB of it free).
+256 MiB free, most of them go (19,000-38,000; none for passes of 4) and the forward pass runs 1.2-1.6x faster
+on the 2-core CPU (processes alternating with and without it; README, speed). The thresholds are what
+PyTorch's CPU tuning guides reach with jemalloc / tcmalloc, set through glibc's own `mallopt` (no preload, no
+environment). Memory that a process once needed stays mapped for reuse (at most 256 MiB of it free).
 """
 
 from __future__ import annotations

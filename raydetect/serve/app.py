@@ -305,10 +305,6 @@ class DetectorModel:
         self._coalescer = Coalescer(self._predict_sync, lambda: self.predict._get_max_batch_size())
         logging.getLogger("ray.serve").addFilter(_DropConcurrentBatchesWarning())
 
-    @property
-    def topology(self) -> str:
-        return "split" if self.local is None else "fused"
-
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this at start and on every `user_config` change: (re)load the model if its URI or
         revision changed, and retune dynamic batching."""
